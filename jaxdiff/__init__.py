@@ -1,0 +1,11 @@
+"""jaxdiff: probability-flow ODE sampling of diffusion models in the EDM convention.
+
+    import jaxdiff
+    sigmas = jaxdiff.schedules.get("polynomial", num_steps=6)
+    x0 = jaxdiff.sample(denoise_fn, sigmas[0] * z, sigmas, solver="ipndm")
+"""
+from jaxdiff import schedules, solvers
+from jaxdiff.sampling import Trajectory, nfe, sample, validate_sigmas
+
+__all__ = ["sample", "nfe", "Trajectory", "validate_sigmas", "schedules", "solvers"]
+__version__ = "0.1.0"

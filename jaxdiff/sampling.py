@@ -1,0 +1,191 @@
+"""The sampling driver: ``sample(denoise_fn, x, sigmas, solver=...)``.
+
+One ``lax.scan`` over the steps runs any solver. The first step is traced separately
+when AFS replaces its model call, and the last when a solver needs it (UniPC); all other
+steps share one scan body. The program is jitted with ``denoise_fn`` and the solver
+options static and the sigmas traced, so a new schedule of the same length never
+recompiles. ``sample`` is pure: it also works inside a user's ``jit``/``vmap``/``grad``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff import solvers as solvers_lib
+from jaxdiff.solvers.base import ODESolver, afs_evaluator, model_evaluator
+
+__all__ = ["sample", "nfe", "Trajectory", "validate_sigmas"]
+
+
+class Trajectory(NamedTuple):
+    """A sampling run.
+
+    Attributes:
+      xs: (N, B, ...) sampling trajectory; ``xs[0]`` is the input, ``xs[-1]`` the output.
+      denoised: (N - 1, B, ...) denoising trajectory: the denoiser output each step
+        starts from, D(x_n; sigma_n) (AFS steps: x - sigma d; UniPC: the evaluation that
+        seeds step n, made at its predicted point).
+      sigmas: (N,) the schedule.
+    """
+    xs: Any
+    denoised: Any
+    sigmas: Any
+
+
+def validate_sigmas(sigmas) -> None:
+    """ValueError unless sigmas is 1-D, length >= 2, finite, positive, strictly decreasing.
+
+    Value checks run only on concrete arrays (inside a trace only the shape is checked).
+    """
+    if jnp.ndim(sigmas) != 1 or jnp.shape(sigmas)[0] < 2:
+        raise ValueError(f"sigmas must be a 1-D array of length >= 2, got shape "
+                         f"{jnp.shape(sigmas)}")
+    if isinstance(sigmas, jax.core.Tracer):
+        return
+    s = np.asarray(sigmas, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(s) | (s <= 0))
+    if bad.size:
+        raise ValueError(f"sigmas must be finite and positive; sigmas[{bad[0]}] = {s[bad[0]]}")
+    up = np.flatnonzero(np.diff(s) >= 0)
+    if up.size:
+        i = up[0]
+        raise ValueError(f"sigmas must be strictly decreasing; sigmas[{i}] = {s[i]} <= "
+                         f"sigmas[{i + 1}] = {s[i + 1]}")
+
+
+def _segments(num_steps: int, solver: ODESolver, afs: bool):
+    """Static (lo, hi, afs_here, is_last) step ranges: first/last split off when needed."""
+    steps = num_steps - 1
+    split_first = afs and not solver.afs_in_init
+    cuts = {0, steps}
+    if split_first:
+        cuts.add(1)
+    if solver.split_last:
+        cuts.add(steps - 1)
+    cuts = sorted(cuts)
+    return [(lo, hi, split_first and lo == 0, solver.split_last and hi == steps and hi - lo == 1)
+            for lo, hi in zip(cuts[:-1], cuts[1:])]
+
+
+def _run(denoise_fn, x, sigmas, solver: ODESolver, afs: bool, denoise_to_zero: bool,
+         return_trajectory: bool):
+    """Traced body of :func:`sample`. Returns (x_final, finite (N-1,), Trajectory | None)."""
+    num_steps = sigmas.shape[0]
+
+    def model(x_, sigma):
+        sigma_b = jnp.broadcast_to(jnp.asarray(sigma, x_.dtype), (x_.shape[0],))
+        return denoise_fn(x_, sigma_b).astype(x_.dtype)
+
+    evaluate = model_evaluator(model)
+    coeffs = solver.prepare(sigmas)
+    state = solver.init(afs_evaluator if afs and solver.afs_in_init else evaluate, model, x,
+                        sigmas[0])
+
+    outs = []
+    carry = (x, state)
+    for lo, hi, afs_here, is_last in _segments(num_steps, solver, afs):
+        step = functools.partial(solver.step, afs_evaluator if afs_here else evaluate, model,
+                                 is_last=is_last, num_steps=num_steps)
+
+        def body(carry, inp, step=step):
+            x_cur, st = carry
+            s, s_next, c = inp
+            x_next, st, denoised = step(x_cur, st, s, s_next, c)
+            out = (jnp.all(jnp.isfinite(x_next)),)
+            if return_trajectory:
+                out += (x_next, denoised)
+            return (x_next, st), out
+
+        inputs = (sigmas[lo:hi], sigmas[lo + 1:hi + 1], jax.tree.map(lambda a: a[lo:hi], coeffs))
+        carry, out = jax.lax.scan(body, carry, inputs)
+        outs.append(out)
+
+    x_final = carry[0]
+    if denoise_to_zero:
+        x_final = model(x_final, sigmas[-1])
+    cat = lambda j: jnp.concatenate([o[j] for o in outs], axis=0)
+    traj = None
+    if return_trajectory:
+        traj = Trajectory(jnp.concatenate([x[None], cat(1)], axis=0), cat(2), sigmas)
+    return x_final, cat(0), traj
+
+
+@functools.partial(jax.jit, static_argnames=("denoise_fn", "solver", "options", "afs",
+                                             "denoise_to_zero", "return_trajectory"))
+def _run_jit(x, sigmas, *, denoise_fn, solver, options, afs, denoise_to_zero,
+             return_trajectory):
+    return _run(denoise_fn, x, sigmas, solvers_lib.get(solver, **dict(options)), afs,
+                denoise_to_zero, return_trajectory)
+
+
+def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
+           return_trajectory: bool = False, afs: bool = False, denoise_to_zero: bool = False,
+           check_finite: bool = False, **options):
+    """Solve the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma along ``sigmas``.
+
+    Args:
+      denoise_fn: ``denoise_fn(x, sigma) -> D(x; sigma)`` with x (B, ...) and sigma (B,);
+        returns an array shaped like x. Hashable (it is a static jit argument): reuse the
+        same callable to reuse the compiled program.
+      x: (B, ...) initial state, already at noise level ``sigmas[0]`` (e.g. sigma_max * z).
+      sigmas: (N,) strictly decreasing positive noise levels; sampling stops at
+        ``sigmas[-1]`` (no implicit step to 0). N counts timestamps: N - 1 steps.
+      solver: one of ``jaxdiff.solvers.SOLVERS`` (euler, heun, dpm2, ipndm, ipndm_v, deis,
+        dpmpp, unipc).
+      return_trajectory: also return a :class:`Trajectory`.
+      afs: analytical first step: d = x / sqrt(1 + sigma_0^2) replaces the first model call.
+      denoise_to_zero: finish with one more call, returning D(x_final; sigmas[-1]).
+      check_finite: after the run, raise FloatingPointError naming the first step that
+        produced a NaN or inf (needs concrete values: call ``sample`` outside ``jit``).
+      **options: solver options, e.g. ``max_order=3``, ``r=0.5``, ``variant="bh1"``.
+
+    Returns:
+      x_final (B, ...), or ``(x_final, Trajectory)`` with ``return_trajectory=True``.
+
+    Raises:
+      ValueError: bad sigmas, unknown solver or option, out-of-range order, or a
+        denoiser whose output shape differs from x; all before any tracing.
+    """
+    validate_sigmas(sigmas)
+    solvers_lib.get(solver, **options)           # validates name and options eagerly
+    x = jnp.asarray(x)
+    if x.ndim < 1 or not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"x must be a floating array of shape (batch, ...), got {x.dtype} "
+                         f"{x.shape}")
+    out = jax.eval_shape(denoise_fn, jax.ShapeDtypeStruct(x.shape, x.dtype),
+                         jax.ShapeDtypeStruct(x.shape[:1], x.dtype))
+    if getattr(out, "shape", None) != x.shape:
+        raise ValueError(f"denoise_fn must return an array of the input's shape {x.shape}, "
+                         f"got {getattr(out, 'shape', type(out))}")
+    sigmas = jnp.asarray(sigmas, x.dtype)
+    x_final, finite, traj = _run_jit(
+        x, sigmas, denoise_fn=denoise_fn, solver=solver, options=tuple(sorted(options.items())),
+        afs=bool(afs), denoise_to_zero=bool(denoise_to_zero),
+        return_trajectory=bool(return_trajectory))
+    if check_finite:
+        _raise_if_not_finite(finite, sigmas, solver)
+    return (x_final, traj) if return_trajectory else x_final
+
+
+def _raise_if_not_finite(finite, sigmas, solver):
+    if isinstance(finite, jax.core.Tracer):
+        raise ValueError("check_finite=True needs concrete values: call sample outside jit")
+    bad = np.flatnonzero(~np.asarray(finite))
+    if bad.size:
+        i = int(bad[0])
+        raise FloatingPointError(
+            f"{solver}: non-finite values produced at step {i} (sigma {float(sigmas[i]):.6g} -> "
+            f"{float(sigmas[i + 1]):.6g})")
+
+
+def nfe(solver: str, num_steps: int, afs: bool = False, denoise_to_zero: bool = False,
+        **options) -> int:
+    """Number of denoiser calls of ``sample`` with ``num_steps`` timestamps."""
+    if int(num_steps) != num_steps or num_steps < 2:
+        raise ValueError(f"num_steps must be an integer >= 2 (timestamps), got {num_steps!r}")
+    return (solvers_lib.get(solver, **options).nfe(int(num_steps)) - int(bool(afs))
+            + int(bool(denoise_to_zero)))
