@@ -1,0 +1,168 @@
+"""The sampling driver: jit/vmap/sharding properties, tracing, NFE, AFS, bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import jaxdiff
+from jaxdiff.solvers import SOLVERS
+
+SIGMAS = jaxdiff.schedules.get("polynomial", 6)
+
+
+@pytest.fixture(scope="module")
+def x_T():
+    return jnp.asarray(np.random.default_rng(0).normal(size=(8, 4)) * 80.0)
+
+
+def test_trajectory_shapes_and_endpoints(denoise, x_T):
+    out, traj = jaxdiff.sample(denoise, x_T, SIGMAS, solver="heun", return_trajectory=True)
+    assert traj.xs.shape == (6, 8, 4) and traj.denoised.shape == (5, 8, 4)
+    np.testing.assert_array_equal(traj.xs[0], x_T)
+    np.testing.assert_array_equal(traj.xs[-1], out)
+    # denoising trajectory: D(x_n; sigma_n) at each step's start
+    np.testing.assert_allclose(traj.denoised[2], denoise(traj.xs[2], jnp.full(8, SIGMAS[2])),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp", "unipc"])
+def test_jit_equals_no_jit(denoise, x_T, solver):
+    a = jaxdiff.sample(denoise, x_T, SIGMAS, solver=solver)
+    with jax.disable_jit():
+        b = jaxdiff.sample(denoise, x_T, SIGMAS, solver=solver)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["ipndm", "unipc"])
+def test_vmap_over_trajectories_equals_a_loop(denoise, x_T, solver):
+    one = lambda x: jaxdiff.sample(denoise, x[None], SIGMAS, solver=solver)[0]
+    batched = jax.jit(jax.vmap(one))(x_T)
+    looped = jnp.stack([one(x) for x in x_T])
+    np.testing.assert_allclose(batched, looped, rtol=1e-12, atol=1e-12)
+
+
+def test_no_retrace_when_only_sigma_values_change(gmm):
+    from conftest import gmm_denoiser
+    inner = gmm_denoiser(*gmm)
+    traces = []
+
+    def counted(x, sigma):
+        traces.append(1)          # runs at trace time only
+        return inner(x, sigma)
+
+    x = jnp.ones((2, 4))
+    jaxdiff.sample(counted, x, jaxdiff.schedules.get("polynomial", 7), solver="dpm2", afs=True)
+    first = len(traces)
+    assert first > 0
+    for sigmas in (jaxdiff.schedules.get("logsnr", 7), jaxdiff.schedules.get("time_uniform", 7),
+                   jaxdiff.schedules.get("polynomial", 7, sigma_max=10.0)):
+        jaxdiff.sample(counted, x, sigmas, solver="dpm2", afs=True)
+    assert len(traces) == first
+
+
+def _counting(denoise):
+    calls = []
+
+    def counted(x, sigma):
+        if not isinstance(x, jax.core.Tracer):   # skip sample()'s eval_shape shape check
+            calls.append(1)
+        return denoise(x, sigma)
+    return counted, calls
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("afs", [False, True])
+def test_nfe_counts_real_calls(denoise, solver, afs):
+    for n in (2, 3, 6):
+        counted, calls = _counting(denoise)
+        with jax.disable_jit():      # eager: every call runs the Python body
+            jaxdiff.sample(counted, jnp.ones((1, 4)), jaxdiff.schedules.get("polynomial", n),
+                           solver=solver, afs=afs)
+        assert len(calls) == jaxdiff.nfe(solver, n, afs=afs), (solver, n, afs)
+
+
+def test_nfe_reference_accounting():
+    assert jaxdiff.nfe("ipndm", 6) == 5 and jaxdiff.nfe("ipndm", 6, afs=True) == 4
+    assert jaxdiff.nfe("heun", 6) == 10 and jaxdiff.nfe("dpm2", 6, afs=True) == 9
+    assert jaxdiff.nfe("unipc", 6) == 5 and jaxdiff.nfe("euler", 6, denoise_to_zero=True) == 6
+
+
+def test_afs_first_step_is_analytical(denoise, x_T):
+    sig = SIGMAS[:2]
+    out = jaxdiff.sample(denoise, x_T, sig, solver="euler", afs=True)
+    np.testing.assert_allclose(out, x_T + (sig[1] - sig[0]) * x_T / jnp.sqrt(1 + sig[0] ** 2),
+                               rtol=1e-12)
+
+
+def test_afs_saves_one_call_at_little_cost(denoise, x_T):
+    exact = jaxdiff.sample(denoise, x_T, jaxdiff.schedules.get("polynomial", 200), solver="heun")
+    err = lambda **kw: float(jnp.linalg.norm(
+        jaxdiff.sample(denoise, x_T, jaxdiff.schedules.get("polynomial", 9), **kw) - exact))
+    # At sigma_max = 80 the optimal denoiser is ~ the data mean, so d ~ x / sigma.
+    assert err(solver="ipndm", afs=True) < 1.5 * err(solver="ipndm")
+
+
+def test_float32_in_float32_out(denoise):
+    x = jnp.ones((2, 4), jnp.float32) * 80
+    out = jaxdiff.sample(denoise, x, SIGMAS, solver="unipc")
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_sharded_batch_samples_without_code_changes(denoise, x_T):
+    devices = np.array(jax.devices()[:4])
+    assert devices.size == 4, "tests run with 4 host devices (see conftest)"
+    mesh = Mesh(devices, ("data",))
+    x_sharded = jax.device_put(x_T, NamedSharding(mesh, P("data")))
+    out = jaxdiff.sample(denoise, x_sharded, SIGMAS, solver="dpmpp")
+    np.testing.assert_allclose(out, jaxdiff.sample(denoise, x_T, SIGMAS, solver="dpmpp"),
+                               rtol=1e-12)
+    assert len(out.sharding.device_set) == 4
+
+
+def test_thresholding_is_opt_in(x_T):
+    big = lambda x, sigma: 3.0 * jnp.ones_like(x)      # |D| > 1 everywhere
+    plain = jaxdiff.sample(big, x_T, SIGMAS, solver="dpmpp")
+    clipped = jaxdiff.sample(big, x_T, SIGMAS, solver="dpmpp", thresholding=True)
+    np.testing.assert_allclose(plain[:, 0], 3.0 + (x_T[:, 0] - 3.0) * SIGMAS[-1] / SIGMAS[0],
+                               rtol=1e-9)
+    assert float(jnp.abs(clipped).max()) < 1.01
+
+
+# ---------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("sigmas,match", [
+    (jnp.ones((2, 3)), "1-D"),
+    (jnp.array([80.0]), "length >= 2"),
+    (jnp.array([1.0, 2.0, 0.5]), r"strictly decreasing; sigmas\[0\]"),
+    (jnp.array([1.0, 0.5, 0.0]), r"positive; sigmas\[2\] = 0"),
+    (jnp.array([1.0, jnp.nan]), "finite"),
+])
+def test_bad_sigmas(denoise, sigmas, match):
+    with pytest.raises(ValueError, match=match):
+        jaxdiff.sample(denoise, jnp.ones((1, 4)), sigmas)
+
+
+def test_bad_solver_options_and_denoiser(denoise):
+    x = jnp.ones((1, 4))
+    with pytest.raises(ValueError, match=r"unknown solver 'rk4'.*'dpmpp'"):
+        jaxdiff.sample(denoise, x, SIGMAS, solver="rk4")
+    with pytest.raises(ValueError, match="max_order must be an integer in 1..3, got 4"):
+        jaxdiff.sample(denoise, x, SIGMAS, solver="dpmpp", max_order=4)
+    with pytest.raises(ValueError, match="max_order must be an integer in 1..4, got 0"):
+        jaxdiff.nfe("ipndm", 6, max_order=0)
+    with pytest.raises(ValueError, match=r"does not take option\(s\) \['rho'\]"):
+        jaxdiff.sample(denoise, x, SIGMAS, solver="euler", rho=7)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        jaxdiff.sample(denoise, x, SIGMAS, solver="unipc", variant="bh3")
+    with pytest.raises(ValueError, match=r"input's shape \(1, 4\), got \(1, 3\)"):
+        jaxdiff.sample(lambda x, s: x[:, :3], x, SIGMAS)
+
+
+def test_check_finite_reports_the_step():
+    def explodes(x, sigma):
+        return jnp.where(sigma[:, None] < 1.0, jnp.nan, 0.0) * jnp.ones_like(x)
+    with pytest.raises(FloatingPointError, match=r"step 3 \(sigma 0.9654"):
+        jaxdiff.sample(explodes, jnp.ones((1, 4)), SIGMAS, solver="euler", check_finite=True)
+    out = jaxdiff.sample(explodes, jnp.ones((1, 4)), SIGMAS, solver="euler")   # off: no raise
+    assert bool(jnp.isnan(out).all())
