@@ -114,12 +114,23 @@ def _run(denoise_fn, x, sigmas, solver: ODESolver, afs: bool, denoise_to_zero: b
     return x_final, cat(0), traj
 
 
-@functools.partial(jax.jit, static_argnames=("denoise_fn", "solver", "options", "afs",
+@functools.partial(jax.jit, static_argnames=("fn_def", "solver", "options", "afs",
                                              "denoise_to_zero", "return_trajectory"))
-def _run_jit(x, sigmas, *, denoise_fn, solver, options, afs, denoise_to_zero,
+def _run_jit(x, sigmas, fn_leaves, *, fn_def, solver, options, afs, denoise_to_zero,
              return_trajectory):
+    denoise_fn = jax.tree.unflatten(fn_def, fn_leaves) if fn_leaves else fn_def
     return _run(denoise_fn, x, sigmas, solvers_lib.get(solver, **dict(options)), afs,
                 denoise_to_zero, return_trajectory)
+
+
+def _split_denoiser(denoise_fn):
+    """A pytree denoiser (e.g. ``jax.tree_util.Partial(apply, params)``) is split into its
+    array leaves, traced so new parameters never recompile and large data never become
+    compile-time constants, and its static structure. Other callables stay static."""
+    leaves, treedef = jax.tree.flatten(denoise_fn)
+    if leaves and all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves):
+        return treedef, leaves
+    return denoise_fn, []
 
 
 def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
@@ -129,8 +140,10 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
 
     Args:
       denoise_fn: ``denoise_fn(x, sigma) -> D(x; sigma)`` with x (B, ...) and sigma (B,);
-        returns an array shaped like x. Hashable (it is a static jit argument): reuse the
-        same callable to reuse the compiled program.
+        returns an array shaped like x. A pytree of arrays such as
+        ``jax.tree_util.Partial(apply_fn, params)`` is traced (new params reuse the
+        compiled program); any other callable is a static jit argument: reuse the same
+        object to reuse the compiled program.
       x: (B, ...) initial state, already at noise level ``sigmas[0]`` (e.g. sigma_max * z).
       sigmas: (N,) strictly decreasing positive noise levels; sampling stops at
         ``sigmas[-1]`` (no implicit step to 0). N counts timestamps: N - 1 steps.
@@ -162,8 +175,9 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
         raise ValueError(f"denoise_fn must return an array of the input's shape {x.shape}, "
                          f"got {getattr(out, 'shape', type(out))}")
     sigmas = jnp.asarray(sigmas, x.dtype)
+    fn_def, fn_leaves = _split_denoiser(denoise_fn)
     x_final, finite, traj = _run_jit(
-        x, sigmas, denoise_fn=denoise_fn, solver=solver, options=tuple(sorted(options.items())),
+        x, sigmas, fn_leaves, fn_def=fn_def, solver=solver, options=tuple(sorted(options.items())),
         afs=bool(afs), denoise_to_zero=bool(denoise_to_zero),
         return_trajectory=bool(return_trajectory))
     if check_finite:

@@ -166,3 +166,18 @@ def test_check_finite_reports_the_step():
         jaxdiff.sample(explodes, jnp.ones((1, 4)), SIGMAS, solver="euler", check_finite=True)
     out = jaxdiff.sample(explodes, jnp.ones((1, 4)), SIGMAS, solver="euler")   # off: no raise
     assert bool(jnp.isnan(out).all())
+
+
+def test_pytree_denoiser_params_are_traced_not_baked_in():
+    from jax.tree_util import Partial
+    traces = []
+
+    def apply(scale, x, sigma):
+        traces.append(1)
+        return scale * x
+
+    x = jnp.ones((2, 3))
+    outs = [jaxdiff.sample(Partial(apply, jnp.asarray(s)), x, SIGMAS, solver="euler")
+            for s in (0.5, 0.25)]
+    assert len(traces) == 3          # two eval_shape checks + one trace: no retrace
+    assert not np.allclose(outs[0], outs[1])
