@@ -39,12 +39,7 @@ SOLVER_SETTINGS = {
 
 def plan(solver: str, nfe: int):
     """(num_steps, afs) giving exactly ``nfe`` calls; 2-call solvers use AFS at odd NFE."""
-    opts = SOLVER_SETTINGS[solver][2]
-    for afs in (False, True):
-        for n in range(2, 2 * nfe + 3):
-            if jaxdiff.nfe(solver, n, afs=afs, **opts) == nfe:
-                return n, afs
-    raise ValueError(f"{solver} cannot make exactly {nfe} calls")
+    return jaxdiff.steps_for_nfe(solver, nfe, **SOLVER_SETTINGS[solver][2])
 
 
 def load_images(cfg):

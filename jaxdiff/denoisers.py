@@ -173,7 +173,7 @@ def _gmm_apply(means, variances, log_w, x, sigma):
     return out.reshape(jnp.shape(x))
 
 
-def gaussian_mixture(means, variances, weights):
+def gaussian_mixture(means, variances=None, weights=None):
     """Exact denoiser of a Gaussian mixture with diagonal (or isotropic) covariances.
 
     With responsibilities ``g_k(x) ∝ w_k N(x; mu_k, diag(v_k + sigma^2))``,
@@ -181,13 +181,18 @@ def gaussian_mixture(means, variances, weights):
     Memory is O(B * K * D).
 
     Args:
-      means: (K, D) component means.
+      means: (K, D) component means, or a whole ``GaussianMixture`` (then omit the rest).
       variances: (K,) isotropic or (K, D) diagonal variances, >= 0.
       weights: (K,) positive weights; normalised to sum to 1.
 
     Returns:
       ``denoise_fn(x, sigma)`` with x (B, ...) whose trailing dims flatten to D.
     """
+    if isinstance(means, GaussianMixture) and variances is None and weights is None:
+        means, variances, weights = means
+    if variances is None or weights is None:
+        raise ValueError("gaussian_mixture needs means, variances and weights "
+                         "(or one GaussianMixture)")
     means, variances, weights = _validate_gmm(means, variances, weights)
     return Partial(_gmm_apply, means, variances, np.log(weights))
 

@@ -18,7 +18,7 @@ import numpy as np
 from jaxdiff import solvers as solvers_lib
 from jaxdiff.solvers.base import ODESolver, afs_evaluator, model_evaluator
 
-__all__ = ["sample", "nfe", "Trajectory", "validate_sigmas"]
+__all__ = ["sample", "nfe", "steps_for_nfe", "Trajectory", "validate_sigmas"]
 
 
 class Trajectory(NamedTuple):
@@ -203,3 +203,16 @@ def nfe(solver: str, num_steps: int, afs: bool = False, denoise_to_zero: bool = 
         raise ValueError(f"num_steps must be an integer >= 2 (timestamps), got {num_steps!r}")
     return (solvers_lib.get(solver, **options).nfe(int(num_steps)) - int(bool(afs))
             + int(bool(denoise_to_zero)))
+
+
+def steps_for_nfe(solver: str, nfe_target: int, **options):
+    """``(num_steps, afs)`` making exactly ``nfe_target`` calls, preferring no AFS.
+
+    Two-call solvers (heun, dpm2) reach odd NFE only with AFS, as in the reference tables.
+    Raises ValueError when no setting hits the target exactly.
+    """
+    for afs in (False, True):
+        for n in range(2, 2 * int(nfe_target) + 3):
+            if nfe(solver, n, afs=afs, **options) == nfe_target:
+                return n, afs
+    raise ValueError(f"{solver} cannot make exactly {nfe_target} denoiser calls")

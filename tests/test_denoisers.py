@@ -172,3 +172,12 @@ def test_bad_inputs():
         fn(jnp.zeros((4, 3)), 1.0)
     with pytest.raises(ValueError, match="sigma"):
         fn(jnp.zeros((4, 2)), jnp.ones(3))
+
+
+def test_gaussian_mixture_accepts_a_fitted_tuple():
+    gmm = denoisers.GaussianMixture(np.zeros((2, 3)), np.ones(2), np.array([0.5, 0.5]))
+    x = np.ones((4, 3))
+    np.testing.assert_allclose(denoisers.gaussian_mixture(gmm)(x, 1.0),
+                               denoisers.gaussian_mixture(*gmm)(x, 1.0))
+    with pytest.raises(ValueError, match="needs means, variances and weights"):
+        denoisers.gaussian_mixture(np.zeros((2, 3)))

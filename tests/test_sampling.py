@@ -181,3 +181,12 @@ def test_pytree_denoiser_params_are_traced_not_baked_in():
             for s in (0.5, 0.25)]
     assert len(traces) == 3          # two eval_shape checks + one trace: no retrace
     assert not np.allclose(outs[0], outs[1])
+
+
+def test_steps_for_nfe():
+    assert jaxdiff.steps_for_nfe("ipndm", 5) == (6, False)
+    assert jaxdiff.steps_for_nfe("heun", 6) == (4, False)
+    assert jaxdiff.steps_for_nfe("dpm2", 5) == (4, True)
+    assert jaxdiff.steps_for_nfe("heun", 1) == (2, True)
+    with pytest.raises(ValueError, match="cannot make exactly 0"):
+        jaxdiff.steps_for_nfe("heun", 0)
