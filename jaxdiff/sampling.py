@@ -135,7 +135,8 @@ def _split_denoiser(denoise_fn):
 
 def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
            return_trajectory: bool = False, afs: bool = False, denoise_to_zero: bool = False,
-           check_finite: bool = False, **options):
+           check_finite: bool = False, amed=None, feature_fn: Callable | None = None,
+           **options):
     """Solve the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma along ``sigmas``.
 
     Args:
@@ -154,6 +155,11 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
       denoise_to_zero: finish with one more call, returning D(x_final; sigmas[-1]).
       check_finite: after the run, raise FloatingPointError naming the first step that
         produced a NaN or inf (needs concrete values: call ``sample`` outside ``jit``).
+      amed: a trained :class:`jaxdiff.amed.AMEDPredictor`: AMED-Plugin around ``solver``
+        (euler, ipndm, dpm2, dpmpp), or AMED-Solver with ``solver="amed"``. Its own
+        training settings (AFS, base options, num_steps) apply; a mismatch is an error.
+      feature_fn: with ``amed``, ``feature_fn(x, sigma (B,)) -> (B, F)`` bottleneck
+        features for the predictor (None: zeros).
       **options: solver options, e.g. ``max_order=3``, ``r=0.5``, ``variant="bh1"``.
 
     Returns:
@@ -164,6 +170,9 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
         denoiser whose output shape differs from x; all before any tracing.
     """
     validate_sigmas(sigmas)
+    if amed is not None or solver == "amed":
+        return _sample_amed(denoise_fn, x, sigmas, solver, amed, feature_fn, return_trajectory,
+                            options)
     solvers_lib.get(solver, **options)           # validates name and options eagerly
     x = jnp.asarray(x)
     if x.ndim < 1 or not jnp.issubdtype(x.dtype, jnp.floating):
@@ -185,6 +194,24 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
     return (x_final, traj) if return_trajectory else x_final
 
 
+def _sample_amed(denoise_fn, x, sigmas, solver, predictor, feature_fn, return_trajectory,
+                 options):
+    from jaxdiff import amed as amed_lib
+    if predictor is None:
+        raise ValueError('solver="amed" needs a trained predictor: sample(..., amed=predictor)')
+    if options:
+        raise ValueError(f"with amed, solver options come from the predictor; got "
+                         f"{sorted(options)}")
+    amed_lib.check_compatible(predictor, solver, int(jnp.shape(sigmas)[0]))
+    x = jnp.asarray(x)
+    sigmas = jnp.asarray(sigmas, x.dtype)
+    out, traj = amed_lib.sample(denoise_fn, x, sigmas, predictor, feature_fn=feature_fn,
+                                return_trajectory=return_trajectory)
+    if return_trajectory:
+        return out, Trajectory(traj[0], traj[1], sigmas)
+    return out
+
+
 def _raise_if_not_finite(finite, sigmas, solver):
     if isinstance(finite, jax.core.Tracer):
         raise ValueError("check_finite=True needs concrete values: call sample outside jit")
@@ -197,10 +224,15 @@ def _raise_if_not_finite(finite, sigmas, solver):
 
 
 def nfe(solver: str, num_steps: int, afs: bool = False, denoise_to_zero: bool = False,
-        **options) -> int:
-    """Number of denoiser calls of ``sample`` with ``num_steps`` timestamps."""
+        amed: bool = False, **options) -> int:
+    """Number of denoiser calls of ``sample`` with ``num_steps`` timestamps.
+
+    ``amed=True`` (or ``solver="amed"``) counts AMED's two calls per step.
+    """
     if int(num_steps) != num_steps or num_steps < 2:
         raise ValueError(f"num_steps must be an integer >= 2 (timestamps), got {num_steps!r}")
+    if amed or solver == "amed":
+        return 2 * (int(num_steps) - 1) - int(bool(afs)) + int(bool(denoise_to_zero))
     return (solvers_lib.get(solver, **options).nfe(int(num_steps)) - int(bool(afs))
             + int(bool(denoise_to_zero)))
 

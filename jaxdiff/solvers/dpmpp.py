@@ -37,13 +37,17 @@ def log_sigma_ratios(sigmas, depth: int):
     return h, ratios
 
 
-def _dpmpp_tables(sigmas, predict_x0: bool):
-    """(a, {order: c (N-1, 3)}) for orders 1..3."""
-    s, t = sigmas[:-1], sigmas[1:]
-    h, (q1, q2) = log_sigma_ratios(sigmas, 2)
+def dpmpp_coefficients(s, t, q1, q2, predict_x0: bool):
+    """DPM-Solver++ update from sigma s to t as (a, {order: c (..., 3)}), elementwise.
+
+    ``q_k = (lambda_{-k} - lambda_s) / h`` locate the two previous outputs (lambda = -log
+    sigma, h = lambda_t - lambda_s); x_t = a x + sum_k c[k] m_{-k}. Inputs share one shape
+    (per step here, per sample in AMED-Plugin).
+    """
+    h = jnp.log(s) - jnp.log(t)
     r0, r1 = -q1, q1 - q2            # h0/h and h1/h, as in the reference
-    e = jnp.eye(3, dtype=sigmas.dtype)
-    col = lambda v: v[:, None]
+    e = jnp.eye(3, dtype=jnp.result_type(s))
+    col = lambda v: v[..., None]
     d1_0 = (e[0] - e[1]) / col(r0)
     d1_1 = (e[1] - e[2]) / col(r1)
     d1 = d1_0 + col(r0 / (r0 + r1)) * (d1_0 - d1_1)
@@ -60,6 +64,12 @@ def _dpmpp_tables(sigmas, predict_x0: bool):
         o3 = -col(phi1) * e[0] - col(phi2) * d1 - col(phi2 / h - 0.5) * d2
     tables = {1: -col(phi1) * e[0], 2: -col(phi1) * (e[0] + 0.5 * d1_0), 3: o3}
     return a, {k: col(scale) * v for k, v in tables.items()}
+
+
+def _dpmpp_tables(sigmas, predict_x0: bool):
+    """(a, {order: c (N-1, 3)}) for orders 1..3 along a schedule."""
+    _, (q1, q2) = log_sigma_ratios(sigmas, 2)
+    return dpmpp_coefficients(sigmas[:-1], sigmas[1:], q1, q2, predict_x0)
 
 
 def dpmpp(max_order: int = 3, *, predict_x0: bool = True, lower_order_final: bool = True,
