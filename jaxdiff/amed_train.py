@@ -42,9 +42,10 @@ def run(cfg, workdir: str) -> dict:
     rows = []
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as metrics:
         for nfe in tqdm(cfg.nfes, desc=f"AMED-{cfg.base}", unit="nfe"):
-            num_steps = (nfe + 3) // 2                  # 2 (N - 1) - 1 calls with AFS
-            if jaxdiff.nfe(cfg.base, num_steps, afs=True, amed=True) != nfe:
-                raise ValueError(f"AMED with AFS makes odd NFE only; got nfe={nfe}")
+            num_steps = (nfe + 2 + int(cfg.afs)) // 2     # 2 (N - 1) calls, one less with AFS
+            if jaxdiff.nfe(cfg.base, num_steps, afs=cfg.afs, amed=True) != nfe:
+                raise ValueError(f"AMED makes {'odd' if cfg.afs else 'even'} NFE only with "
+                                 f"afs={cfg.afs}; got nfe={nfe}")
             sigmas = schedules.get(cfg.schedule, num_steps, **cfg.schedule_kw)
             teacher_sigmas = schedules.get(cfg.schedule, (cfg.teacher_points + 1)
                                            * (num_steps - 1) + 1, **cfg.schedule_kw)
@@ -54,7 +55,7 @@ def run(cfg, workdir: str) -> dict:
                               teacher_sigmas=teacher_sigmas, teacher_points=cfg.teacher_points,
                               batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                               scale_dir=cfg.scale_dir, scale_time=cfg.scale_time,
-                              seed=cfg.seed, log_fn=log, **opts)
+                              afs=cfg.afs, seed=cfg.seed, log_fn=log, **opts)
             train_s = time.perf_counter() - t0
             amed.save(os.path.join(workdir, f"nfe{nfe}"), pred)
             out = jaxdiff.sample(denoise, x_eval, sigmas, solver=cfg.base, amed=pred)
@@ -70,7 +71,7 @@ def run(cfg, workdir: str) -> dict:
                                           solver=cfg.base, afs=afs_b, **base_opts)
                 row["base_error"] = _error(base_out, reference)
             rows.append(row)
-    results = {"dataset": name, "denoiser": cfg.denoiser, "base": cfg.base,
+    results = {"dataset": name, "denoiser": cfg.denoiser, "base": cfg.base, "afs": cfg.afs,
                "teacher": cfg.teacher, "rows": rows}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
