@@ -1,0 +1,35 @@
+"""Low-NFE comparison on digits: hand-made schedules vs GITS vs AMED (exact denoisers).
+
+    python -m jaxdiff.compare --config=configs/compare_digits.py --workdir=runs/compare
+    python -m jaxdiff.compare --config=configs/compare_digits.py:edm --workdir=runs/compare_edm
+
+``:edm`` adds the U-Net trained by
+``python -m jaxdiff.train --config=configs/edm_digits.py --workdir=runs/edm_digits``.
+Runtime about 10 minutes on 2 CPU cores (AMED training dominates). ``:tiny`` for tests.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    args = set((arg or "").split(","))
+    c = ml_collections.ConfigDict()
+    c.dataset = "digits"
+    c.max_examples = 0
+    c.gmm_components = 20
+    c.regimes = ("gmm", "optimal") + (("edm",) if "edm" in args else ())
+    c.edm_workdir = "runs/edm_digits"
+    c.methods = ("ipndm", "ipndm+gits", "ddim+gits", "ipndm+amed", "amed", "dpmpp", "unipc")
+    c.nfes = tuple(range(3, 11))
+    c.num_eval = 256
+    c.reference_steps = 513
+    c.gits_grid = 61
+    c.gits_warmup = 256
+    c.gits_coeff = 1.15
+    c.amed_trajectories = 10_240
+    c.amed_batch = 128
+    c.feature_dim = 64
+    c.seed = 0
+    if "tiny" in args:
+        c.gmm_components, c.nfes, c.num_eval, c.reference_steps = 4, (4, 5), 16, 65
+        c.gits_grid, c.gits_warmup, c.amed_trajectories, c.amed_batch = 21, 16, 32, 16
+    return c
