@@ -173,25 +173,48 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
     if amed is not None or solver == "amed":
         return _sample_amed(denoise_fn, x, sigmas, solver, amed, feature_fn, return_trajectory,
                             options)
-    solvers_lib.get(solver, **options)           # validates name and options eagerly
+    options_key = tuple(sorted(options.items()))
+    _check_solver(solver, options_key)           # validates name and options eagerly
     x = jnp.asarray(x)
     if x.ndim < 1 or not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating array of shape (batch, ...), got {x.dtype} "
                          f"{x.shape}")
-    out = jax.eval_shape(denoise_fn, jax.ShapeDtypeStruct(x.shape, x.dtype),
-                         jax.ShapeDtypeStruct(x.shape[:1], x.dtype))
-    if getattr(out, "shape", None) != x.shape:
-        raise ValueError(f"denoise_fn must return an array of the input's shape {x.shape}, "
-                         f"got {getattr(out, 'shape', type(out))}")
-    sigmas = jnp.asarray(sigmas, x.dtype)
     fn_def, fn_leaves = _split_denoiser(denoise_fn)
+    _check_denoiser_shape(denoise_fn, x, fn_def, fn_leaves)
+    sigmas = jnp.asarray(sigmas, x.dtype)
     x_final, finite, traj = _run_jit(
-        x, sigmas, fn_leaves, fn_def=fn_def, solver=solver, options=tuple(sorted(options.items())),
+        x, sigmas, fn_leaves, fn_def=fn_def, solver=solver, options=options_key,
         afs=bool(afs), denoise_to_zero=bool(denoise_to_zero),
         return_trajectory=bool(return_trajectory))
     if check_finite:
         _raise_if_not_finite(finite, sigmas, solver)
     return (x_final, traj) if return_trajectory else x_final
+
+
+@functools.lru_cache(maxsize=256)
+def _check_solver(solver, options_key):
+    solvers_lib.get(solver, **dict(options_key))
+
+
+_SHAPES_OK: dict = {}
+
+
+def _check_denoiser_shape(denoise_fn, x, fn_def, fn_leaves):
+    """ValueError unless denoise_fn maps (B, ...) to (B, ...); cached per signature."""
+    key = (fn_def, tuple((l.shape, str(l.dtype)) for l in fn_leaves if hasattr(l, "shape")),
+           x.shape, str(x.dtype))
+    try:
+        if key in _SHAPES_OK:
+            return
+    except TypeError:          # unhashable callable: check every time
+        key = None
+    out = jax.eval_shape(denoise_fn, jax.ShapeDtypeStruct(x.shape, x.dtype),
+                         jax.ShapeDtypeStruct(x.shape[:1], x.dtype))
+    if getattr(out, "shape", None) != x.shape:
+        raise ValueError(f"denoise_fn must return an array of the input's shape {x.shape}, "
+                         f"got {getattr(out, 'shape', type(out))}")
+    if key is not None and len(_SHAPES_OK) < 1024:
+        _SHAPES_OK[key] = True
 
 
 def _sample_amed(denoise_fn, x, sigmas, solver, predictor, feature_fn, return_trajectory,

@@ -179,7 +179,7 @@ def test_pytree_denoiser_params_are_traced_not_baked_in():
     x = jnp.ones((2, 3))
     outs = [jaxdiff.sample(Partial(apply, jnp.asarray(s)), x, SIGMAS, solver="euler")
             for s in (0.5, 0.25)]
-    assert len(traces) == 3          # two eval_shape checks + one trace: no retrace
+    assert len(traces) == 2          # one (cached) shape check + one trace: no retrace
     assert not np.allclose(outs[0], outs[1])
 
 
