@@ -231,6 +231,19 @@ def _make_step(predictor: AMEDPredictor, model: Callable, feature_fn: Callable |
     return step
 
 
+def predicted_schedule(predictor: AMEDPredictor, sigmas, feature=None):
+    """What the predictor says per step for a given feature: (r, s_mid, c, t), each (N-1,).
+
+    With ``feature=None`` (zeros, as for denoisers without features) this is the
+    sample-independent schedule the predictor learned; s_mid = sigma'^r sigma^(1-r).
+    """
+    sigmas = jnp.asarray(sigmas, jnp.float32)
+    n = sigmas.shape[0] - 1
+    feat = jnp.zeros((n, predictor.feature_dim)) if feature is None else feature
+    r, c, t = predictor.module.apply(predictor.params, feat, sigmas[:-1], sigmas[1:])
+    return r, sigmas[1:] ** r * sigmas[:-1] ** (1 - r), c, t
+
+
 def check_compatible(predictor: AMEDPredictor, solver: str, num_steps: int) -> None:
     """ValueError unless the predictor was trained for this solver and step count."""
     if not isinstance(predictor, AMEDPredictor):

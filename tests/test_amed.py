@@ -117,3 +117,12 @@ def test_amed_train_cli_tiny(tmp_path):
     assert row["nfe"] == 5 and row["updates"] == 2 * 3 and np.isfinite(row["amed_error"])
     assert (tmp_path / "nfe5" / "amed.json").exists()
     assert amed.load(str(tmp_path / "nfe5")).num_updates == 6
+
+
+def test_predicted_schedule_of_neutral_predictor_is_the_geometric_midpoint():
+    sigmas = schedules.get("polynomial", 5)
+    r, s_mid, c, t = amed.predicted_schedule(_neutral("ipndm", 5), sigmas)
+    np.testing.assert_allclose(r, 0.5)
+    np.testing.assert_allclose(s_mid, np.sqrt(sigmas[:-1] * sigmas[1:]), rtol=1e-5)
+    np.testing.assert_allclose(c, 1.0)
+    np.testing.assert_allclose(t, 1.0)
