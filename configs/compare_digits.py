@@ -3,7 +3,7 @@
     python -m jaxdiff.compare --config=configs/compare_digits.py --workdir=runs/compare
     python -m jaxdiff.compare --config=configs/compare_digits.py:edm --workdir=runs/compare_edm
 
-``:edm`` adds the U-Net trained by
+``:edm`` adds (``:edm_only`` runs only) the U-Net trained by
 ``python -m jaxdiff.train --config=configs/edm_digits.py --workdir=runs/edm_digits``.
 Runtime about 10 minutes on 2 CPU cores (AMED training dominates). ``:tiny`` for tests.
 """
@@ -17,6 +17,8 @@ def get_config(arg=None):
     c.max_examples = 0
     c.gmm_components = 20
     c.regimes = ("gmm", "optimal") + (("edm",) if "edm" in args else ())
+    if "edm_only" in args:
+        c.regimes = ("edm",)
     c.edm_workdir = "runs/edm_digits"
     c.methods = ("ipndm", "ipndm+gits", "ddim+gits", "ipndm+amed", "amed", "dpmpp", "unipc")
     c.nfes = tuple(range(3, 11))

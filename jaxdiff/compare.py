@@ -42,16 +42,19 @@ def _error(a, b):
 
 
 def load_regime(regime: str, images, cfg):
-    """(denoise_fn, feature_fn or None) for a regime name."""
+    """(denoise_fn, feature_fn or None, feature_dim) for a regime name."""
     if regime in ("gmm", "optimal"):
-        return bench.build_denoiser(regime, images, cfg), None
+        return bench.build_denoiser(regime, images, cfg), None, cfg.feature_dim
     if regime == "edm":
         from jaxdiff import train as train_lib
-        return train_lib.load_denoiser(cfg.edm_workdir)
+        from jaxdiff import unet
+        model, params, _ = train_lib.load_checkpoint(cfg.edm_workdir)
+        h, w = unet.feature_shape(model)
+        return unet.make_denoiser(model, params), unet.make_feature_fn(model, params), h * w
     raise ValueError(f"unknown regime {regime!r}; valid: ('gmm', 'optimal', 'edm')")
 
 
-def run_method(method, nfe, denoise, feature_fn, x_eval, cfg, gits_cost, grid):
+def run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg, gits_cost, grid):
     """Samples of one method at one NFE, with its search/training cost."""
     cost = {"seconds": 0.0, "teacher_nfe": 0}
     if method in ("ipndm", "dpmpp", "unipc"):
@@ -76,7 +79,7 @@ def run_method(method, nfe, denoise, feature_fn, x_eval, cfg, gits_cost, grid):
                                        x_eval.dtype)
     pred = amed.train(denoise, x_train, schedules.get(name, num_steps, **kw),
                       base=spec["base"], teacher=spec["teacher"], feature_fn=feature_fn,
-                      feature_dim=cfg.feature_dim,
+                      feature_dim=feature_dim,
                       teacher_sigmas=schedules.get(name, stride * (num_steps - 1) + 1, **kw),
                       teacher_points=spec["teacher_points"], batch_size=cfg.amed_batch,
                       scale_time=spec["scale_time"], afs=afs, seed=cfg.seed,
@@ -90,7 +93,7 @@ def run_method(method, nfe, denoise, feature_fn, x_eval, cfg, gits_cost, grid):
 
 
 def run_regime(regime, images, cfg, progress):
-    denoise, feature_fn = load_regime(regime, images, cfg)
+    denoise, feature_fn, feature_dim = load_regime(regime, images, cfg)
     shape = images.shape[1:]
     k_warm, k_eval = jax.random.split(jax.random.PRNGKey(cfg.seed))
     x_warm = 80.0 * jax.random.normal(k_warm, (cfg.gits_warmup,) + shape)
@@ -108,8 +111,8 @@ def run_regime(regime, images, cfg, progress):
     rows = []
     for method in cfg.methods:
         for nfe in cfg.nfes:
-            out, cost = run_method(method, nfe, denoise, feature_fn, x_eval, cfg, gits_cost,
-                                   grid)
+            out, cost = run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg,
+                                   gits_cost, grid)
             if method.endswith("+gits"):
                 cost = {"seconds": gits_seconds,
                         "teacher_nfe": cfg.gits_warmup * (cfg.gits_grid - 1)}
