@@ -260,10 +260,7 @@ def check_compatible(predictor: AMEDPredictor, solver: str, num_steps: int) -> N
 
 
 def _run(predictor, denoise_fn, feature_fn, x, sigmas, return_trajectory):
-    def model(x_, sigma):
-        sigma_b = jnp.broadcast_to(jnp.asarray(sigma, x_.dtype), (x_.shape[0],))
-        return denoise_fn(x_, sigma_b).astype(x_.dtype)
-
+    model = _model_of(denoise_fn)
     step = _make_step(predictor, model, feature_fn)
     evaluate = model_evaluator(model)
     orders = jnp.asarray(_sub_orders(predictor))
@@ -287,9 +284,21 @@ def _run(predictor, denoise_fn, feature_fn, x, sigmas, return_trajectory):
     return carry[0], (xs, jnp.concatenate([o[1] for o in outs]))
 
 
-@functools.partial(jax.jit, static_argnames=("denoise_fn", "feature_fn", "return_trajectory"))
-def _run_jit(predictor, x, sigmas, *, denoise_fn, feature_fn, return_trajectory):
-    return _run(predictor, denoise_fn, feature_fn, x, sigmas, return_trajectory)
+def _split(fn):
+    """(static part, traced leaves) of a denoiser or feature function (see sampling)."""
+    from jaxdiff.sampling import _split_denoiser
+    return (None, []) if fn is None else _split_denoiser(fn)
+
+
+def _join(fn_def, leaves):
+    return jax.tree.unflatten(fn_def, leaves) if leaves else fn_def
+
+
+@functools.partial(jax.jit, static_argnames=("fn_def", "feat_def", "return_trajectory"))
+def _run_jit(predictor, x, sigmas, fn_leaves, feat_leaves, *, fn_def, feat_def,
+             return_trajectory):
+    return _run(predictor, _join(fn_def, fn_leaves), _join(feat_def, feat_leaves), x, sigmas,
+                return_trajectory)
 
 
 def sample(denoise_fn, x, sigmas, predictor: AMEDPredictor, *, feature_fn=None,
@@ -298,8 +307,10 @@ def sample(denoise_fn, x, sigmas, predictor: AMEDPredictor, *, feature_fn=None,
 
     Returns x_final (B, ...) or (x_final, (xs (N, B, ...), denoised (N-1, B, ...))).
     """
-    return _run_jit(predictor, x, sigmas, denoise_fn=denoise_fn, feature_fn=feature_fn,
-                    return_trajectory=return_trajectory)
+    fn_def, fn_leaves = _split(denoise_fn)
+    feat_def, feat_leaves = _split(feature_fn)
+    return _run_jit(predictor, x, sigmas, fn_leaves, feat_leaves, fn_def=fn_def,
+                    feat_def=feat_def, return_trajectory=return_trajectory)
 
 
 def nfe(num_steps: int, afs: bool) -> int:
@@ -316,11 +327,23 @@ def _teacher_points(denoise_fn, x_T, teacher_sigmas, teacher, teacher_options, s
     return traj.xs[::stride]
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "use_afs", "tx"))
-def _update(params, opt_state, x, state, target, s, s_next, orders, *, step_fn, use_afs, tx):
+def _model_of(denoise_fn):
+    def model(x_, sigma):
+        sigma_b = jnp.broadcast_to(jnp.asarray(sigma, x_.dtype), (x_.shape[0],))
+        return denoise_fn(x_, sigma_b).astype(x_.dtype)
+    return model
+
+
+@functools.partial(jax.jit, static_argnames=("static", "fn_def", "feat_def", "use_afs", "tx"))
+def _update(params, opt_state, x, state, target, s, s_next, orders, fn_leaves, feat_leaves, *,
+            static, fn_def, feat_def, use_afs, tx):
+    """One Adam update on the loss of one student step; denoiser leaves are traced."""
+    model = _model_of(_join(fn_def, fn_leaves))
+    step = _make_step(static, model, _join(feat_def, feat_leaves))
+
     def loss_fn(p):
-        ev = afs_evaluator if use_afs else step_fn.evaluate
-        x_next, st, _ = step_fn.step(p, ev, x, state, s, s_next, orders, use_afs)
+        ev = afs_evaluator if use_afs else model_evaluator(model)
+        x_next, st, _ = step(p, ev, x, state, s, s_next, orders, use_afs)
         diff = (x_next - target).reshape(x.shape[0], -1)
         return jnp.sum(diff ** 2) / x.shape[0], (x_next, st)
 
@@ -328,17 +351,6 @@ def _update(params, opt_state, x, state, target, s, s_next, orders, *, step_fn, 
     grads = jax.tree.map(jnp.nan_to_num, grads)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, x_next, st
-
-
-class _StepFn:
-    """Hashable holder of the (closure) step function, for a static jit argument."""
-
-    def __init__(self, predictor, denoise_fn, feature_fn):
-        def model(x_, sigma):
-            sigma_b = jnp.broadcast_to(jnp.asarray(sigma, x_.dtype), (x_.shape[0],))
-            return denoise_fn(x_, sigma_b).astype(x_.dtype)
-        self.step = _make_step(predictor, model, feature_fn)
-        self.evaluate = model_evaluator(model)
 
 
 def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
@@ -395,7 +407,9 @@ def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
                          f"{stride * (n - 1) + 1} entries, got {teacher_sigmas.shape[0]}")
     tx = optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
     params, opt_state = predictor.params, tx.init(predictor.params)
-    step_fn = _StepFn(predictor, denoise_fn, feature_fn)
+    static = predictor.replace(params=None)          # hashable: what _make_step reads
+    fn_def, fn_leaves = _split(denoise_fn)
+    feat_def, feat_leaves = _split(feature_fn)
     orders = jnp.asarray(_sub_orders(predictor))
     num_batches = max(1, -(-x_T.shape[0] // batch_size))
     updates = 0
@@ -409,7 +423,8 @@ def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
             for i in range(n - 1):
                 params, opt_state, loss, x_next, state = _update(
                     params, opt_state, x, state, targets[i + 1], sigmas[i], sigmas[i + 1],
-                    orders[i], step_fn=step_fn, use_afs=afs and i == 0, tx=tx)
+                    orders[i], fn_leaves, feat_leaves, static=static, fn_def=fn_def,
+                    feat_def=feat_def, use_afs=afs and i == 0, tx=tx)
                 updates += 1
                 losses.append(float(loss))
                 x = targets[i + 1] if base in SINGLE_STEP else jax.lax.stop_gradient(x_next)

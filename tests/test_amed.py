@@ -126,3 +126,22 @@ def test_predicted_schedule_of_neutral_predictor_is_the_geometric_midpoint():
     np.testing.assert_allclose(s_mid, np.sqrt(sigmas[:-1] * sigmas[1:]), rtol=1e-5)
     np.testing.assert_allclose(c, 1.0)
     np.testing.assert_allclose(t, 1.0)
+
+
+def test_unet_features_reach_the_predictor_and_params_are_traced():
+    from jaxdiff import unet
+    model = unet.UNet(image_size=8, in_channels=1, base_channels=8, channel_mults=(1, 2),
+                      num_res_blocks=1)
+    params = unet.init(model, jax.random.PRNGKey(0))
+    denoise, feats = unet.make_denoiser(model, params), unet.make_feature_fn(model, params)
+    x = 80.0 * jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1), jnp.float32)
+    sigmas = schedules.get("polynomial", 3)
+    pred = amed.train(denoise, x, sigmas, base="amed", feature_fn=feats, feature_dim=16,
+                      batch_size=4, afs=False)
+    out = jaxdiff.sample(denoise, x, sigmas, solver="amed", amed=pred, feature_fn=feats)
+    assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+    # the features change the prediction (zeros would not)
+    f = feats(x, jnp.full((4,), 80.0))
+    r_feat = amed.predicted_schedule(pred, sigmas[:2], feature=f[:1])[0]
+    r_zero = amed.predicted_schedule(pred, sigmas[:2])[0]
+    assert not np.allclose(r_feat, r_zero)
