@@ -20,6 +20,8 @@ def get_config(arg=None):
     if "edm_only" in args:
         c.regimes = ("edm",)
     c.edm_workdir = "runs/edm_digits"
+    c.edm_config = "configs.edm_digits"    # its classifier scores the Frechet distance
+    c.fd = True
     c.methods = ("ipndm", "ipndm+gits", "ddim+gits", "ipndm+amed", "amed", "dpmpp", "unipc")
     c.nfes = tuple(range(3, 11))
     c.num_eval = 256
@@ -31,6 +33,10 @@ def get_config(arg=None):
     c.amed_batch = 128
     c.feature_dim = 64
     c.seed = 0
+    if "test" in args:
+        c.regimes, c.gmm_components, c.nfes, c.num_eval, c.reference_steps = \
+            ("gmm",), 4, (5,), 8, 33
+        c.gits_grid, c.gits_warmup, c.amed_trajectories, c.amed_batch = 11, 8, 16, 16
     if "tiny" in args:
         c.gmm_components, c.nfes, c.num_eval, c.reference_steps = 4, (4, 5), 16, 65
         c.gits_grid, c.gits_warmup, c.amed_trajectories, c.amed_batch = 21, 16, 32, 16
