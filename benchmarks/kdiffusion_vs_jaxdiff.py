@@ -478,7 +478,11 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"Target (jaxdiff >= {s['target_speedup']:g}x faster at every batch size, plain "
-        f"call): {'met' if s['target_met'] else 'NOT met'}. Ratio range "
+        f"call): "
+        + ("NOT JUDGED: other processes were using the CPUs, so these timings are "
+           "disturbed (torch's most); rerun on an idle machine"
+           if s["target_met"] is None else ("met" if s["target_met"] else "NOT met"))
+        + ". Ratio range "
         f"{s['min_ratio']:.2f}-{s['max_ratio']:.2f} (jit-wrapped: "
         f"{s['min_ratio_jit']:.2f}-{s['max_ratio_jit']:.2f}). Worst agreement: max abs "
         f"{s['max_abs_diff']:.2e}, rel L2 {s['max_rel_l2_diff']:.2e}.",
@@ -534,6 +538,8 @@ def run(out: str, quick: bool = False, nfe: int = 10, components: int = 20, seed
     if others is not None and others > 0.1:
         print(f"WARNING: other processes kept {100 * others:.0f}% of the CPUs busy during "
               "the timings; they are disturbed", flush=True)
+    disturbed = bool((others is not None and others > 0.1)
+                     or (busy is not None and busy > 0.2))
     f64 = float64_agreement(kds, gmm, nfe, batch=min(64, max(batches)), seed=seed)
     ratios = [r["ratio"] for r in rows]
     ratios_jit = [r["ratio_jit"] for r in rows]
@@ -551,7 +557,10 @@ def run(out: str, quick: bool = False, nfe: int = 10, components: int = 20, seed
         results=rows,
         float64_agreement=f64,
         summary=dict(target_speedup=TARGET_SPEEDUP,
-                     target_met=bool(min(ratios) >= TARGET_SPEEDUP),
+                     # Not judged from timings that other processes disturbed.
+                     timings_disturbed=disturbed,
+                     target_met=None if disturbed else bool(min(ratios) >= TARGET_SPEEDUP),
+                     target_met_as_measured=bool(min(ratios) >= TARGET_SPEEDUP),
                      min_ratio=min(ratios), max_ratio=max(ratios),
                      min_ratio_jit=min(ratios_jit), max_ratio_jit=max(ratios_jit),
                      max_abs_diff=max(r["max_abs_diff"] for r in rows),
