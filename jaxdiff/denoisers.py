@@ -103,7 +103,8 @@ def optimal(data, *, chunk=4096):
     pad = num_chunks * chunk - n
     chunks = jnp.pad(flat, ((0, pad), (0, 0))).reshape(num_chunks, chunk, -1)
     valid = (jnp.arange(num_chunks * chunk) < n).reshape(num_chunks, chunk)
-    return Partial(_optimal_apply, chunks, valid)
+    # Device arrays: stored once, not copied to the device at every call.
+    return Partial(_optimal_apply, jnp.asarray(chunks), jnp.asarray(valid))
 
 
 # -------------------------------------------------------------------- Gaussian mixture
@@ -194,7 +195,8 @@ def gaussian_mixture(means, variances=None, weights=None):
         raise ValueError("gaussian_mixture needs means, variances and weights "
                          "(or one GaussianMixture)")
     means, variances, weights = _validate_gmm(means, variances, weights)
-    return Partial(_gmm_apply, means, variances, np.log(weights))
+    return Partial(_gmm_apply, jnp.asarray(means), jnp.asarray(variances),
+                   jnp.asarray(np.log(weights)))
 
 
 def gaussian_mixture_log_density(gmm, x, sigma):
