@@ -173,24 +173,6 @@ def inpaint(denoise_fn: Callable, x_T, sigmas, known, mask, *, key, solver: str 
 
 
 # ------------------------------------------------------------------- inversion
-def _validate_increasing(sigmas_up) -> None:
-    if jnp.ndim(sigmas_up) != 1 or jnp.shape(sigmas_up)[0] < 2:
-        raise ValueError(f"sigmas_up must be a 1-D array of length >= 2, got shape "
-                         f"{jnp.shape(sigmas_up)}")
-    if isinstance(sigmas_up, jax.core.Tracer):
-        return
-    s = np.asarray(sigmas_up, dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(s) | (s <= 0))
-    if bad.size:
-        raise ValueError(f"sigmas_up must be finite and positive; sigmas_up[{bad[0]}] = "
-                         f"{s[bad[0]]}")
-    down = np.flatnonzero(np.diff(s) <= 0)
-    if down.size:
-        i = down[0]
-        raise ValueError(f"sigmas_up must be strictly increasing; sigmas_up[{i}] = {s[i]} >= "
-                         f"sigmas_up[{i + 1}] = {s[i + 1]}")
-
-
 @functools.partial(jax.jit, static_argnames=("fn_def", "solver", "options"))
 def _invert_jit(fn_leaves, x, sigmas_up, *, fn_def, solver, options):
     model = _model(_unsplit(fn_def, fn_leaves))
@@ -232,7 +214,7 @@ def invert(denoise_fn: Callable, x0, sigmas_up, *, solver: str = "euler", **opti
       ValueError: non-increasing/non-positive sigmas_up (the message names the first
         bad entry), unsupported solver, bad x0 or denoiser output shape.
     """
-    _validate_increasing(sigmas_up)
+    validate_sigmas(sigmas_up, name="sigmas_up", increasing=True)
     _single_step(solver, options)
     x0 = _as_x("x0", x0)
     _check_denoiser(denoise_fn, x0)

@@ -36,25 +36,28 @@ class Trajectory(NamedTuple):
     sigmas: Any
 
 
-def validate_sigmas(sigmas) -> None:
-    """ValueError unless sigmas is 1-D, length >= 2, finite, positive, strictly decreasing.
+def validate_sigmas(sigmas, *, name: str = "sigmas", increasing: bool = False) -> None:
+    """ValueError unless sigmas is 1-D, length >= 2, finite, positive and strictly
+    decreasing (strictly increasing with ``increasing=True``, for ODE inversion).
 
     Value checks run only on concrete arrays (inside a trace only the shape is checked).
     """
     if jnp.ndim(sigmas) != 1 or jnp.shape(sigmas)[0] < 2:
-        raise ValueError(f"sigmas must be a 1-D array of length >= 2, got shape "
+        raise ValueError(f"{name} must be a 1-D array of length >= 2, got shape "
                          f"{jnp.shape(sigmas)}")
     if isinstance(sigmas, jax.core.Tracer):
         return
     s = np.asarray(sigmas, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(s) | (s <= 0))
     if bad.size:
-        raise ValueError(f"sigmas must be finite and positive; sigmas[{bad[0]}] = {s[bad[0]]}")
-    up = np.flatnonzero(np.diff(s) >= 0)
-    if up.size:
-        i = up[0]
-        raise ValueError(f"sigmas must be strictly decreasing; sigmas[{i}] = {s[i]} <= "
-                         f"sigmas[{i + 1}] = {s[i + 1]}")
+        raise ValueError(f"{name} must be finite and positive; {name}[{bad[0]}] = {s[bad[0]]}")
+    diff = np.diff(s)
+    wrong = np.flatnonzero(diff <= 0 if increasing else diff >= 0)
+    if wrong.size:
+        i = wrong[0]
+        order, cmp = ("increasing", ">=") if increasing else ("decreasing", "<=")
+        raise ValueError(f"{name} must be strictly {order}; {name}[{i}] = {s[i]} {cmp} "
+                         f"{name}[{i + 1}] = {s[i + 1]}")
 
 
 def _segments(num_steps: int, solver: ODESolver, afs: bool):
