@@ -2,7 +2,7 @@
 
     python -m jaxdiff.bench --config=configs/bench_digits.py --workdir=runs/demo
 
-Runtime: about 2-4 minutes on 2 CPU cores. Writes results.json, results.md,
+Runtime: about 70 seconds on 2 idle CPU cores. Writes results.json, results.md,
 metrics.jsonl, error_vs_nfe_<regime>.png and samples_<regime>.png to the workdir.
 Tiny smoke mode: --config=configs/bench_digits.py:tiny
 """
