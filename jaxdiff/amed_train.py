@@ -78,17 +78,11 @@ def run(cfg, workdir: str) -> dict:
     return results
 
 
+def report(results, workdir: str) -> None:
+    for row in results["rows"]:
+        print(json.dumps(row))
+
+
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "AMED config file", lock_config=True)
-    flags.DEFINE_string("workdir", None, "output directory")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def main(argv):
-        del argv
-        res = run(flags.FLAGS.config, flags.FLAGS.workdir)
-        for r in res["rows"]:
-            print(json.dumps(r))
-
-    app.run(main)
+    from jaxdiff.cli import run_job
+    run_job(run, report, what="AMED config file")

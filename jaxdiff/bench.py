@@ -199,21 +199,12 @@ def run(cfg, workdir: str) -> dict:
     return results
 
 
-def main(argv):
-    del argv
-    from absl import flags
-    cfg = flags.FLAGS.config
-    results = run(cfg, flags.FLAGS.workdir)
-    with open(os.path.join(flags.FLAGS.workdir, "results.md")) as f:
+def report(results, workdir: str) -> None:
+    with open(os.path.join(workdir, "results.md")) as f:
         print(f.read())
-    print(f"wrote results.json, results.md, metrics.jsonl and PNGs to {flags.FLAGS.workdir}")
-    return results
+    print(f"wrote results.json, results.md, metrics.jsonl and PNGs to {workdir}")
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "benchmark config file", lock_config=True)
-    flags.DEFINE_string("workdir", None, "output directory")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(lambda argv: main(argv) and None)
+    from jaxdiff.cli import run_job
+    run_job(run, report, what="benchmark config file")

@@ -197,17 +197,11 @@ def run(cfg, workdir: str) -> dict:
     return results
 
 
+def report(results, workdir: str) -> None:
+    with open(os.path.join(workdir, "results.md")) as f:
+        print(f.read())
+
+
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "comparison config", lock_config=True)
-    flags.DEFINE_string("workdir", None, "output directory")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def main(argv):
-        del argv
-        run(flags.FLAGS.config, flags.FLAGS.workdir)
-        with open(os.path.join(flags.FLAGS.workdir, "results.md")) as f:
-            print(f.read())
-
-    app.run(main)
+    from jaxdiff.cli import run_job
+    run_job(run, report, what="comparison config file")
