@@ -14,18 +14,12 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from tqdm import tqdm
 
 import jaxdiff
 from jaxdiff import amed, bench, schedules
 
 BASE_SCHEDULES = {"amed": ("time_uniform", {"rho": 1.0})}
-
-
-def _error(a, b):
-    return float(jnp.mean(jnp.linalg.norm((a - b).reshape(a.shape[0], -1), axis=1)))
 
 
 def run(cfg, workdir: str) -> dict:
@@ -59,7 +53,7 @@ def run(cfg, workdir: str) -> dict:
             train_s = time.perf_counter() - t0
             amed.save(os.path.join(workdir, f"nfe{nfe}"), pred)
             out = jaxdiff.sample(denoise, x_eval, sigmas, solver=cfg.base, amed=pred)
-            row = {"nfe": nfe, "num_steps": num_steps, "amed_error": _error(out, reference),
+            row = {"nfe": nfe, "num_steps": num_steps, "amed_error": bench.mean_l2(out, reference),
                    "train_seconds": train_s, "updates": pred.num_updates,
                    "teacher_nfe_per_trajectory": jaxdiff.nfe(cfg.teacher,
                                                              teacher_sigmas.shape[0]),
@@ -69,7 +63,7 @@ def run(cfg, workdir: str) -> dict:
                 n_b, afs_b = jaxdiff.steps_for_nfe(cfg.base, nfe, **base_opts)
                 base_out = jaxdiff.sample(denoise, x_eval, schedules.get(sched, n_b, **kw),
                                           solver=cfg.base, afs=afs_b, **base_opts)
-                row["base_error"] = _error(base_out, reference)
+                row["base_error"] = bench.mean_l2(base_out, reference)
             rows.append(row)
     results = {"dataset": name, "denoiser": cfg.denoiser, "base": cfg.base, "afs": cfg.afs,
                "teacher": cfg.teacher, "rows": rows}

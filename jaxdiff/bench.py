@@ -64,19 +64,27 @@ def build_denoiser(regime: str, images, cfg):
     raise ValueError(f"unknown regime {regime!r}; valid: ('gmm', 'optimal')")
 
 
+def converged_reference(denoise, x_T, num_steps: int, solver: str = "heun",
+                        sigma_min: float = 0.002, sigma_max: float = 80.0):
+    """(reference, change): the ODE solved on a fine polynomial grid, and the mean L2 change
+    of that solution when the step count is halved (its own convergence check)."""
+    grid = lambda n: schedules.get("polynomial", n, sigma_min, sigma_max)
+    reference = jaxdiff.sample(denoise, x_T, grid(num_steps), solver=solver)
+    half = jaxdiff.sample(denoise, x_T, grid((num_steps + 1) // 2), solver=solver)
+    return reference, mean_l2(reference, half)
+
+
 def mean_l2(a, b):
     return float(jnp.mean(jnp.linalg.norm((a - b).reshape(a.shape[0], -1), axis=1)))
 
 
 def run_regime(regime, images, cfg, x_T, progress):
     denoise = build_denoiser(regime, images, cfg)
-    grid = lambda n: schedules.get("polynomial", n, cfg.sigma_min, cfg.sigma_max)
     t0 = time.perf_counter()
-    reference = jaxdiff.sample(denoise, x_T, grid(cfg.reference_steps), solver=cfg.reference_solver)
-    half = jaxdiff.sample(denoise, x_T, grid((cfg.reference_steps + 1) // 2),
-                          solver=cfg.reference_solver)
+    reference, change = converged_reference(denoise, x_T, cfg.reference_steps,
+                                            cfg.reference_solver, cfg.sigma_min, cfg.sigma_max)
     ref_info = {"solver": cfg.reference_solver, "num_steps": cfg.reference_steps,
-                "change_when_halved": mean_l2(reference, half),
+                "change_when_halved": change,
                 "seconds": time.perf_counter() - t0}
     rows, finals = [], {}
     for solver in cfg.solvers:

@@ -37,10 +37,6 @@ _AMED = {"ipndm+amed": dict(base="ipndm", teacher="ipndm", teacher_points=2,
                       schedule=("time_uniform", {"rho": 1.0}), scale_time=0.0, options={})}
 
 
-def _error(a, b):
-    return float(jnp.mean(jnp.linalg.norm((a - b).reshape(a.shape[0], -1), axis=1)))
-
-
 def load_regime(regime: str, images, cfg):
     """(denoise_fn, feature_fn or None, feature_dim) for a regime name."""
     if regime in ("gmm", "optimal"):
@@ -110,11 +106,7 @@ def run_regime(regime, images, cfg, progress):
     k_warm, k_eval = jax.random.split(jax.random.PRNGKey(cfg.seed))
     x_warm = 80.0 * jax.random.normal(k_warm, (cfg.gits_warmup,) + shape)
     x_eval = 80.0 * jax.random.normal(k_eval, (cfg.num_eval,) + shape)
-    reference = jaxdiff.sample(denoise, x_eval, schedules.get("polynomial", cfg.reference_steps),
-                               solver="heun")
-    half = jaxdiff.sample(denoise, x_eval,
-                          schedules.get("polynomial", (cfg.reference_steps + 1) // 2),
-                          solver="heun")
+    reference, change = bench.converged_reference(denoise, x_eval, cfg.reference_steps)
     grid = np.asarray(schedules.get("polynomial", cfg.gits_grid))
     t0 = time.perf_counter()
     gits_cost = gits.teacher_cost_matrix(denoise, x_warm, grid, teacher="ipndm",
@@ -129,12 +121,12 @@ def run_regime(regime, images, cfg, progress):
                 cost = {"seconds": gits_seconds,
                         "teacher_nfe": cfg.gits_warmup * (cfg.gits_grid - 1)}
             row = {"regime": regime, "method": method, "nfe": nfe,
-                   "error": _error(out, reference), **cost}
+                   "error": bench.mean_l2(out, reference), **cost}
             if score_fd is not None:
                 row["fd"] = score_fd(out)
             rows.append(row)
             progress.update(1)
-    info = {"reference_change_when_halved": _error(reference, half),
+    info = {"reference_change_when_halved": change,
             "gits_search_seconds": gits_seconds}
     if score_fd is not None:
         info["reference_fd"] = score_fd(reference)
