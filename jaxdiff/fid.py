@@ -418,7 +418,7 @@ def main(argv):
     del argv
     from absl import flags
 
-    from jaxdiff.train import quiet_absl_logging
+    from jaxdiff.runlog import quiet_absl_logging
     quiet_absl_logging()
     fl = flags.FLAGS
     res = evaluate(fl.config, fl.workdir, evals=fl.eval or None, num_samples=fl.num_samples)

@@ -39,7 +39,7 @@ from jax.flatten_util import ravel_pytree
 
 import jaxdiff
 from jaxdiff import data as data_lib
-from jaxdiff import schedules, unet
+from jaxdiff import runlog, schedules, unet
 
 __all__ = ["TrainState", "LossConfig", "edm_loss", "make_model", "make_optimizer",
            "train_step", "load_data", "load_checkpoint", "sample_images", "save_grid",
@@ -232,14 +232,10 @@ def _model_meta(config) -> dict:
 
 
 def _manager(workdir: str, config=None, read_only: bool = False):
-    import orbax.checkpoint as ocp
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=int(config.checkpoint_every) if config else 0,
-        max_to_keep=int(config.keep_checkpoints) if config else None,
-        enable_async_checkpointing=False,   # the next step donates the saved buffers
-        read_only=read_only, create=not read_only)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                                 options=options)
+    if config is None:
+        return runlog.checkpoint_manager(workdir, read_only=read_only)
+    return runlog.checkpoint_manager(workdir, save_every=int(config.checkpoint_every),
+                                     keep=int(config.keep_checkpoints), read_only=read_only)
 
 
 def abstract_params(model: unet.UNet):
@@ -317,29 +313,13 @@ def sample_images(model: unet.UNet, params, num: int, *, key, solver: str = "heu
     return np.concatenate(outs, axis=0)
 
 
-def grid(images, cols: int = 0):
-    """Tiles (N, H, W, C) images in [-1, 1] into one (rows*H, cols*W, C) uint8 image."""
-    images = np.clip(np.asarray(images, np.float32), -1.0, 1.0)
-    n, h, w, c = images.shape
-    cols = cols or int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    out = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), -1.0, np.float32)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        out[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[i]
-    return np.round((out + 1.0) * 127.5).astype(np.uint8)
-
-
 def save_grid(images, path: str, scale: int = 4):
-    """Writes a PNG grid of (N, H, W, C) images in [-1, 1], upscaled ``scale`` times."""
-    from PIL import Image
-    g = grid(images)
-    g = np.repeat(np.repeat(g, scale, axis=0), scale, axis=1)
-    Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).save(path)
-    return g
+    """Writes a PNG grid of (N, H, W, C) images in [-1, 1] (see
+    :func:`jaxdiff.runlog.save_image_grid`); returns the uint8 grid."""
+    return runlog.save_image_grid(images, path, scale=scale)
 
 
-def _sample_grid(config, model, ema_params, step, workdir, writer):
+def _sample_grid(config, model, ema_params, step, workdir, log):
     s = config.sample
     labels = None
     if model.num_classes > 0:
@@ -350,7 +330,7 @@ def _sample_grid(config, model, ema_params, step, workdir, writer):
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     g = save_grid(imgs, os.path.join(workdir, "samples", f"step_{step:06d}.png"),
                   scale=max(1, 64 // model.image_size))
-    writer.add_image("samples", g, step, dataformats="HWC")
+    log.image(step, "samples", g)
 
 
 def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
@@ -366,7 +346,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
       dict with step, loss (mean over the last log interval), wall_seconds, num_params.
     """
     import orbax.checkpoint as ocp
-    from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
     os.makedirs(workdir, exist_ok=True)
@@ -399,10 +378,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     images_d, labels_d = jnp.asarray(images), jnp.asarray(labels)
     data_key = jax.random.fold_in(key, 2)
 
-    writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start or None)
     last = {"step": start}
     acc, t_log, t0 = [], time.perf_counter(), time.perf_counter()
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as mfile, \
+    with runlog.MetricsLog(workdir, start_step=start) as log, \
             tqdm(total=end, initial=start, desc="train", unit="step",
                  disable=not config.progress) as bar:
         for step in range(start + 1, end + 1):
@@ -412,15 +390,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
             if step % config.log_every == 0 or step == end:
                 host = jax.device_get(acc)
                 now = time.perf_counter()
-                row = {"step": step}
-                row.update({k: float(np.mean([m[k] for m in host])) for k in host[0]})
+                row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
                 row["steps_per_sec"] = len(host) / max(now - t_log, 1e-9)
                 row["wall_seconds"] = now - t0
-                mfile.write(json.dumps(row) + "\n")
-                mfile.flush()
-                for k, v in row.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, step)
+                row = log.write(step, row, prefix="")
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 acc, t_log, last = [], now, row
             if step % config.checkpoint_every == 0 or step == end:
@@ -429,28 +402,19 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                     ema_params=ocp.args.StandardSave(state.ema_params),
                     meta=ocp.args.JsonSave(dict(meta, step=step))), force=step == end)
             if config.sample.every and (step % config.sample.every == 0 or step == end):
-                _sample_grid(config, model, state.ema_params, step, workdir, writer)
+                _sample_grid(config, model, state.ema_params, step, workdir, log)
             bar.update(1)
     mngr.wait_until_finished()
     mngr.close()
-    writer.close()
     last = dict(last, wall_seconds=time.perf_counter() - t0,
                 num_params=unet.count_params(state.params))
     return last
 
 
-def quiet_absl_logging():
-    """Orbax logs every save at INFO; keep WARNING unless --verbosity was given."""
-    from absl import flags
-    from absl import logging as absl_logging
-    if not flags.FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.WARNING)
-
-
 def main(argv):
     del argv
     from absl import flags
-    quiet_absl_logging()
+    runlog.quiet_absl_logging()
     print(f"JAX process {jax.process_index()}/{jax.process_count()}, devices: "
           f"{jax.devices()}")
     result = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)

@@ -1,0 +1,57 @@
+"""jaxdiff.runlog: metrics lines, image grids and the checkpoint manager."""
+import json
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxdiff import runlog
+
+
+def test_metrics_log_rows_and_tensorboard(tmp_path):
+    with runlog.MetricsLog(str(tmp_path)) as log:
+        row = log.write(3, {"loss": np.float32(0.5), "lr": 1e-3})
+        log.write(3, {"accuracy": 0.75}, prefix="eval")
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert rows == [{"step": 3, "train/loss": 0.5, "train/lr": 1e-3},
+                    {"step": 3, "eval/accuracy": 0.75}]
+    assert row == rows[0]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
+
+
+def test_metrics_log_rejects_non_scalars(tmp_path):
+    with runlog.MetricsLog(str(tmp_path), tensorboard=False) as log:
+        with pytest.raises(ValueError, match="'loss' must be a scalar"):
+            log.write(0, {"loss": np.zeros(3)})
+
+
+def test_image_grid_layout_and_range():
+    images = np.stack([np.full((2, 3), -1.0), np.full((2, 3), 1.0), np.zeros((2, 3))])
+    g = runlog.image_grid(images, cols=2)
+    assert g.shape == (2 * 3 + 1, 2 * 4 + 1, 1) and g.dtype == np.uint8
+    assert (g[1:3, 1:4] == 0).all() and (g[1:3, 5:8] == 255).all()
+    assert (g[4:6, 1:4] == 128).all()       # 0 in [-1, 1] -> mid grey
+    g01 = runlog.image_grid(np.ones((1, 2, 2, 3)), value_range=(0, 1))
+    assert (g01[1:3, 1:3] == 255).all()
+    with pytest.raises(ValueError, match=r"\(N, H, W\[, C\]\)"):
+        runlog.image_grid(np.zeros((2, 3)))
+
+
+def test_save_image_grid_writes_png(tmp_path):
+    from PIL import Image
+    path = tmp_path / "sub" / "grid.png"
+    runlog.save_image_grid(np.zeros((4, 8, 8)), str(path), scale=2)
+    assert Image.open(path).size == (2 * (2 * 9 + 1), 2 * (2 * 9 + 1))
+
+
+def test_checkpoint_manager_round_trip(tmp_path):
+    tree = {"w": np.arange(6.0).reshape(2, 3), "step": np.int32(7)}
+    mngr = runlog.checkpoint_manager(str(tmp_path), keep=1)
+    mngr.save(7, args=ocp.args.StandardSave(tree))
+    mngr.close()
+    mngr = runlog.checkpoint_manager(str(tmp_path), read_only=True)
+    assert mngr.latest_step() == 7
+    back = mngr.restore(7, args=ocp.args.StandardRestore(tree))
+    np.testing.assert_array_equal(back["w"], tree["w"])
+    mngr.close()
