@@ -46,7 +46,7 @@ def test_save_image_grid_writes_png(tmp_path):
 
 
 def test_checkpoint_manager_round_trip(tmp_path):
-    tree = {"w": np.arange(6.0).reshape(2, 3), "step": np.int32(7)}
+    tree = {"w": np.arange(6.0).reshape(2, 3), "step": np.array(7, np.int32)}
     mngr = runlog.checkpoint_manager(str(tmp_path), keep=1)
     mngr.save(7, args=ocp.args.StandardSave(tree))
     mngr.close()
