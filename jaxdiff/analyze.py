@@ -419,18 +419,11 @@ def run(cfg, workdir: str) -> dict:
     return summary
 
 
-def main(argv):
-    del argv
-    from absl import flags
-    summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
+def _report(summary, workdir):
     print(json.dumps(summary, indent=1))
-    print(f"wrote summary.json and PNGs to {flags.FLAGS.workdir}")
+    print(f"wrote summary.json and PNGs to {workdir}")
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "analysis config file", lock_config=True)
-    flags.DEFINE_string("workdir", None, "output directory")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    from jaxdiff.cli import run_job
+    run_job(run, _report, what="analysis config file")

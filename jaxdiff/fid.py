@@ -414,14 +414,18 @@ def evaluate(config, workdir: str, *, evals=None, num_samples: int | None = None
     return results
 
 
-def main(argv):
-    del argv
-    from absl import flags
+def _define_flags(flags):
+    flags.DEFINE_multi_string("eval", None, "solver:NFE (repeatable); default config.fid.evals")
+    flags.DEFINE_integer("num_samples", None, "samples per evaluation")
 
-    from jaxdiff.runlog import quiet_absl_logging
-    quiet_absl_logging()
+
+def _evaluate(config, workdir):
+    from absl import flags
     fl = flags.FLAGS
-    res = evaluate(fl.config, fl.workdir, evals=fl.eval or None, num_samples=fl.num_samples)
+    return evaluate(config, workdir, evals=fl.eval or None, num_samples=fl.num_samples)
+
+
+def _report(res, workdir):
     print(NOT_INCEPTION)
     c = res["classifier"]
     print(f"classifier test accuracy: {c['test_accuracy']:.4f} "
@@ -431,15 +435,9 @@ def main(argv):
     for e in res["evals"]:
         print(f"{e['solver']:>8s} NFE {e['nfe']:3d} (steps {e['num_steps']}, afs {e['afs']}): "
               f"FD {e['fd']:.4f}  ({res['num_samples']} samples, {e['sample_seconds']:.1f} s)")
-    print(f"wrote {os.path.join(fl.workdir, 'fid.json')}")
+    print(f"wrote {os.path.join(workdir, 'fid.json')}")
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
-    flags.DEFINE_string("workdir", None, "training workdir with checkpoints/")
-    flags.DEFINE_multi_string("eval", None, "solver:NFE (repeatable); default config.fid.evals")
-    flags.DEFINE_integer("num_samples", None, "samples per evaluation")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    from jaxdiff.cli import run_job
+    run_job(_evaluate, _report, what="training config file", define_flags=_define_flags)

@@ -411,20 +411,17 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     return last
 
 
-def main(argv):
-    del argv
-    from absl import flags
-    runlog.quiet_absl_logging()
-    print(f"JAX process {jax.process_index()}/{jax.process_count()}, devices: "
-          f"{jax.devices()}")
-    result = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+def _print_result(result, workdir):
+    del workdir
     print(json.dumps(result))
 
 
+def _train(config, workdir):
+    print(f"JAX process {jax.process_index()}/{jax.process_count()}, devices: "
+          f"{jax.devices()}")
+    return train_and_evaluate(config, workdir)
+
+
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
-    flags.DEFINE_string("workdir", None, "output directory (resumed if it has checkpoints)")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    from jaxdiff.cli import run_job
+    run_job(_train, _print_result, what="training config file")
