@@ -22,18 +22,24 @@ from jax.tree_util import Partial
 _HI = jax.lax.Precision.HIGHEST  # logits are scaled by 1/sigma^2: no TF32/bf16 matmuls.
 
 
-def _flatten_inputs(x, sigma, dim):
-    """Returns ``x`` as (B, D) and ``sigma`` as (B,), both in ``x.dtype``."""
+def as_points(x, dim: int, name: str = "x"):
+    """Flattens a floating (B, ...) array to (B, D), checking that D == ``dim``."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x must be a floating array, got dtype {x.dtype}")
+        raise TypeError(f"{name} must be a floating array, got dtype {x.dtype}")
     if x.ndim < 1:
-        raise ValueError(f"x must have shape (B, ...), got {x.shape}")
-    xf = x.reshape(x.shape[0], -1)
-    if xf.shape[1] != dim:
-        raise ValueError(f"x of shape {x.shape} has {xf.shape[1]} features per row; "
-                         f"the denoiser expects {dim}")
-    sigma = jnp.asarray(sigma, x.dtype)
+        raise ValueError(f"{name} must have shape (B, ...), got {x.shape}")
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] != dim:
+        raise ValueError(f"{name} of shape {x.shape} has {flat.shape[1]} features per row; "
+                         f"the data have {dim}")
+    return flat
+
+
+def _flatten_inputs(x, sigma, dim):
+    """Returns ``x`` as (B, D) and ``sigma`` as (B,), both in ``x.dtype``."""
+    xf = as_points(x, dim)
+    sigma = jnp.asarray(sigma, xf.dtype)
     if sigma.ndim == 0:
         sigma = jnp.broadcast_to(sigma, (xf.shape[0],))
     elif sigma.shape != (xf.shape[0],):

@@ -57,15 +57,8 @@ def _trajectory(xs, name="xs"):
 
 
 def _points(x, dim, name="x"):
-    """(B, ...) -> (B, D), checking that D == dim."""
-    x = _as_float(x)
-    if x.ndim < 1:
-        raise ValueError(f"{name} must have shape (B, ...), got {x.shape}")
-    flat = x.reshape(x.shape[0], -1)
-    if flat.shape[1] != dim:
-        raise ValueError(f"{name} of shape {x.shape} has {flat.shape[1]} features per row; "
-                         f"the data have {dim}")
-    return flat
+    """(B, ...) -> (B, D), checking that D == dim (integers promoted to float)."""
+    return denoisers.as_points(_as_float(x), dim, name)
 
 
 def _data(data):
