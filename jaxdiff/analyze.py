@@ -188,6 +188,19 @@ def _band(ax, x, y, label, **kw):
     ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
 
 
+def _finish_axes(ax, xlabel, ylabel, title, *, log_sigma=False, legend_size=7, **grid):
+    """Labels, title, grid and legend; ``log_sigma``: log x-axis with sigma decreasing to
+    the right (the direction of sampling)."""
+    if log_sigma:
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3, **grid)
+    ax.legend(fontsize=legend_size, ncol=2 if legend_size < 7 else 1)
+
+
 def _save(fig, path, dpi=110):
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
@@ -206,13 +219,9 @@ def plot_deviation(stats, solvers, path, title, dpi=110):
             for solver in solvers:
                 s = stats[(regime, solver)]
                 _band(ax, s["sigmas"][:s[key].shape[0]], s[key], solver)
-            ax.set_xscale("log")
-            ax.invert_xaxis()
-            ax.set_xlabel("sigma (sampling runs left to right)")
-            ax.set_ylabel("deviation from chord / path length")
-            ax.set_title(f"{title}, {regime} denoiser: {what}", fontsize=9)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
+            _finish_axes(ax, "sigma (sampling runs left to right)",
+                         "deviation from chord / path length",
+                         f"{title}, {regime} denoiser: {what}", log_sigma=True)
     _save(fig, path, dpi)
 
 
@@ -231,11 +240,8 @@ def plot_distance_to_end(stats, solver, path, title, dpi=110):
                    label="0.1 sqrt(D)")
         ax.set_yscale("log")
         ax.set_ylim(bottom=1e-4)  # the optimal r_n reaches its end point exactly
-        ax.set_xlabel(f"step n ({solver})")
-        ax.set_ylabel("distance to the end point")
-        ax.set_title(f"{title}, {regime} denoiser", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        _finish_axes(ax, f"step n ({solver})", "distance to the end point",
+                     f"{title}, {regime} denoiser")
     _save(fig, path, dpi)
 
 
@@ -264,11 +270,8 @@ def plot_boomerang(stats, solver, num, path, title, dpi=110):
         k = np.arange(1, rest.shape[1] + 1)
         ax.plot(k, np.maximum(rest.mean(0), 1e-12), marker="o", label=regime)
     ax.set_yscale("log")
-    ax.set_xlabel("number of principal components k")
-    ax.set_ylabel("1 - cumulative variance ratio (batch mean)")
-    ax.set_title(f"{title}, {solver}", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    _finish_axes(ax, "number of principal components k",
+                 "1 - cumulative variance ratio (batch mean)", f"{title}, {solver}")
     _save(fig, path, dpi)
 
 
@@ -283,13 +286,8 @@ def plot_score_deviation(curves, sigmas, solver, path, title, dpi=110):
     for key, label in labels.items():
         y = curves[key]
         _band(ax, sigmas[:y.shape[0]], y, label)
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("sigma")
-    ax.set_ylabel("L2 distance")
-    ax.set_title(f"{title}: gmm vs optimal denoiser ({solver})", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    _finish_axes(ax, "sigma", "L2 distance", f"{title}: gmm vs optimal denoiser ({solver})",
+                 log_sigma=True)
     _save(fig, path, dpi)
 
 
@@ -306,25 +304,15 @@ def plot_magnitudes(stats, solver, dim, path, title, dpi=110):
         ax.plot(sig[:-1], s["norm_d"].mean(1), ls=ls, color="C2", label=f"|d_n| {regime}")
     ax.plot(sig, sig * np.sqrt(dim), color="k", ls="--", lw=0.8, label="sigma sqrt(D)")
     ax.axhline(np.sqrt(dim), color="gray", ls="--", lw=0.8, label="sqrt(D)")
-    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("sigma")
-    ax.set_ylabel("norm")
-    ax.set_title(f"{title}: magnitudes ({solver})", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    _finish_axes(ax, "sigma", "norm", f"{title}: magnitudes ({solver})", log_sigma=True,
+                 legend_size=6, which="both")
     ax = axes[1]
     for regime in REGIMES:
         s = stats[(regime, solver)]
         _band(ax, s["sigmas"][:-1], s["cos"], regime)
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("sigma")
-    ax.set_ylabel("cos(d_n, x_n - x_N)")
-    ax.set_title("direction of the ODE vs direction to the end point", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    _finish_axes(ax, "sigma", "cos(d_n, x_n - x_N)",
+                 "direction of the ODE vs direction to the end point", log_sigma=True)
     _save(fig, path, dpi)
 
 
