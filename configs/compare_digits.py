@@ -21,6 +21,7 @@ def get_config(arg=None):
         c.regimes = ("edm",)
     c.edm_workdir = "runs/edm_digits"
     c.edm_config = "configs.edm_digits"    # its classifier scores the Frechet distance
+    c.edm_config_arg = ""                  # the option string of edm_config (e.g. "cpu")
     c.fd = True
     c.methods = ("ipndm", "ipndm+gits", "ddim+gits", "ipndm+amed", "amed", "dpmpp", "unipc")
     c.nfes = tuple(range(3, 11))

@@ -15,6 +15,7 @@ def get_config(arg=None):
     c.dataset = "fashion_mnist"
     c.edm_workdir = "runs/edm_fashion"
     c.edm_config = "configs.edm_fashion_mnist"
+    c.edm_config_arg = "cpu"
     if not set((arg or "").split(",")) & {"test", "tiny"}:
         c.max_examples = 10_000
         c.num_eval = 128

@@ -92,7 +92,7 @@ def fd_scorer(cfg, images):
     """Classifier-feature Frechet distance of samples to the data (NOT Inception FID)."""
     import importlib
     from jaxdiff import fid
-    edm_cfg = importlib.import_module(cfg.edm_config).get_config()
+    edm_cfg = importlib.import_module(cfg.edm_config).get_config(cfg.edm_config_arg or None)
     classifier, _ = fid.load_or_train_classifier(
         edm_cfg, os.path.join(cfg.edm_workdir, "classifier"))
     real = fid.feature_stats(classifier, images)
