@@ -1,0 +1,11 @@
+"""transe on fb15k237 with CSD-like self-distillation: configs/kge/kge.py:transe,fb15k-237,csd (see there).
+
+    python -m jaxgraph.kge --config=configs/kge/transe_fb15k237_csd.py --workdir=runs/kge/transe_fb15k237_csd
+
+Extra options after a colon are appended, e.g. transe_fb15k237_csd.py:dim=64,seed=1.
+"""
+from configs.kge.kge import get_config as _kge
+
+
+def get_config(arg=None):
+    return _kge(",".join(filter(None, ["transe,fb15k-237,csd", arg])))

@@ -1,0 +1,11 @@
+"""tucker on wn18rr: configs/kge/kge.py:tucker,wn18rr (see there).
+
+    python -m jaxgraph.kge --config=configs/kge/tucker_wn18rr.py --workdir=runs/kge/tucker_wn18rr
+
+Extra options after a colon are appended, e.g. tucker_wn18rr.py:dim=64,seed=1.
+"""
+from configs.kge.kge import get_config as _kge
+
+
+def get_config(arg=None):
+    return _kge(",".join(filter(None, ["tucker,wn18rr", arg])))
