@@ -5,10 +5,10 @@
     x0 = jaxdiff.sample(denoise_fn, sigmas[0] * z, sigmas, solver="ipndm")
 """
 from jaxdiff import (amed, conditioning, data, denoisers, detect, geometry, gits, guidance,
-                     schedules, solvers)
+                     noisy_classifier, schedules, solvers)
 from jaxdiff.sampling import Trajectory, nfe, sample, steps_for_nfe, validate_sigmas
 
 __all__ = ["sample", "nfe", "steps_for_nfe", "Trajectory", "validate_sigmas", "schedules",
            "solvers", "gits", "geometry", "amed", "data", "denoisers", "guidance",
-           "conditioning", "detect"]
+           "conditioning", "noisy_classifier", "detect"]
 __version__ = "0.1.0"

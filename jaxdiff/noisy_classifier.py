@@ -1,0 +1,424 @@
+"""A noise-aware classifier p(y | x_sigma, sigma) for classifier guidance.
+
+Classifier guidance (:func:`jaxdiff.guidance.classifier`) needs the gradient of
+``log p(y | x; sigma)`` at the *noisy* state x = x_0 + sigma * eps, for every sigma the
+sampler visits (up to sigma_max = 80 in data units). A classifier trained on clean images
+is useless there, so this one is trained on noised data and told the noise level:
+
+* the input is scaled by EDM's ``c_in = 1 / sqrt(sigma^2 + sigma_data^2)`` (unit
+  variance at every sigma, :func:`jaxdiff.unet.edm_scalings`) and a constant channel
+  holding ``c_noise = log(sigma) / 4`` is appended;
+* the convolutional trunk is :class:`jaxdiff.fid.Classifier` (its penultimate features);
+* those features are modulated (FiLM: ``h * (1 + a) + b``) by an MLP of the sinusoidal
+  embedding of ``c_noise`` (the U-Net's noise embedding), then mapped to logits.
+
+Training (:func:`train`): Adam on softmax cross-entropy, x = x_0 + sigma * eps with
+sigma log-uniform on [sigma_min, sigma_max] (default) or log-normal (EDM's
+``exp(p_mean + p_std * n)``). A step's batch indices, sigmas and noise depend only on
+(seed, step), so an interrupted run resumed from its Orbax checkpoint ends with the same
+parameters as an uninterrupted one. :func:`log_prob_fn` returns the
+``log_prob_fn(x (B, H, W, C), sigma (B,)) -> (B, num_classes)`` that
+:func:`jaxdiff.guidance.classifier` expects, as a ``Partial`` whose leaves are the
+parameters (new parameters reuse the compiled sampler).
+
+Units: images in [-1, 1] (data units), sigma in data units, log-probabilities in nats.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+import zlib
+from typing import Any, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.tree_util import Partial
+
+from jaxdiff import fid, runlog, unet
+
+__all__ = ["NoisyClassifier", "NoisyClassifierState", "NoiseConfig", "TrainState",
+           "DEFAULTS", "SIGMA_DISTS", "sample_sigmas", "train_step", "train",
+           "load", "log_prob_fn", "logits", "accuracy_vs_sigma"]
+
+SIGMA_DISTS = ("loguniform", "lognormal")
+
+#: Default training settings (keys accepted by :func:`train`).
+DEFAULTS = {
+    "num_classes": 10, "width": 32, "features": 64, "emb_channels": 32,
+    "sigma_data": 0.5, "sigma_dist": "loguniform", "sigma_min": 0.002, "sigma_max": 80.0,
+    "p_mean": -1.2, "p_std": 1.2, "num_steps": 3000, "batch_size": 128, "lr": 2e-3,
+    "seed": 0, "log_every": 100, "checkpoint_every": 1000, "progress": True,
+}
+
+
+class NoisyClassifier(nn.Module):
+    """Logits of p(y | x_sigma, sigma).
+
+    Attributes:
+      num_classes: number of classes.
+      width: channels of the trunk's first conv (:class:`jaxdiff.fid.Classifier`).
+      features: width of the trunk's penultimate layer and of the FiLM-modulated layer.
+      emb_channels: width of the sinusoidal noise embedding.
+      sigma_data: data standard deviation of the EDM input scaling.
+    """
+    num_classes: int = 10
+    width: int = 32
+    features: int = 64
+    emb_channels: int = 32
+    sigma_data: float = 0.5
+
+    @nn.compact
+    def __call__(self, x, sigma):
+        """(B, H, W, C) noisy images, (B,) noise levels -> (B, num_classes) float32 logits."""
+        if x.ndim != 4:
+            raise ValueError(f"x must have shape (B, H, W, C), got {tuple(x.shape)}")
+        if jnp.shape(sigma) != (x.shape[0],):
+            raise ValueError(f"sigma must have shape ({x.shape[0]},), got {jnp.shape(sigma)}")
+        _, _, c_in, c_noise = unet.edm_scalings(sigma.astype(jnp.float32), self.sigma_data)
+        h = x.astype(jnp.float32) * c_in[:, None, None, None]
+        noise_map = jnp.broadcast_to(c_noise[:, None, None, None], h.shape[:3] + (1,))
+        f = fid.Classifier(num_classes=self.num_classes, width=self.width,
+                           features=self.features, name="trunk")(
+            jnp.concatenate([h, noise_map], axis=-1), return_features=True)
+        emb = unet._noise_embedding(c_noise, self.emb_channels, "positional", 1.0)
+        emb = nn.silu(nn.Dense(self.features, name="map_noise")(emb))
+        film = nn.Dense(2 * self.features, kernel_init=nn.initializers.zeros,
+                        name="film")(emb)
+        a, b = jnp.split(film, 2, axis=-1)
+        h = nn.relu(nn.Dense(self.features, name="hidden")(f) * (1.0 + a) + b)
+        return nn.Dense(self.num_classes, name="logits")(h)
+
+
+@struct.dataclass
+class NoisyClassifierState:
+    """A trained noise-aware classifier.
+
+    Attributes:
+      model: the :class:`NoisyClassifier` (static).
+      params: its parameters (a pytree).
+      image_shape: (H, W, C) it was trained on (static).
+    """
+    model: NoisyClassifier = struct.field(pytree_node=False)
+    params: Any = None
+    image_shape: tuple = struct.field(pytree_node=False, default=())
+
+
+class NoiseConfig(NamedTuple):
+    """Training noise distribution (hashable: a jit static argument).
+
+    ``loguniform``: log sigma uniform on [log sigma_min, log sigma_max];
+    ``lognormal``: sigma = exp(p_mean + p_std * n), n ~ N(0, 1).
+    """
+    dist: str = "loguniform"
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+
+def sample_sigmas(key, n: int, noise: NoiseConfig):
+    """(n,) float32 noise levels drawn from ``noise``."""
+    if noise.dist == "loguniform":
+        lo, hi = np.log(noise.sigma_min), np.log(noise.sigma_max)
+        return jnp.exp(jax.random.uniform(key, (n,), jnp.float32, lo, hi))
+    if noise.dist == "lognormal":
+        return jnp.exp(noise.p_mean + noise.p_std * jax.random.normal(key, (n,), jnp.float32))
+    raise ValueError(f"unknown sigma_dist {noise.dist!r}; valid: {SIGMA_DISTS}")
+
+
+class TrainState(struct.PyTreeNode):
+    """step () int32, params, opt_state: everything a step changes (saved whole)."""
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tx", "noise", "batch_size"),
+                   donate_argnums=(0,))
+def train_step(state: TrainState, images, labels, key, *, model: NoisyClassifier,
+               tx: optax.GradientTransformation, noise: NoiseConfig, batch_size: int):
+    """One Adam step of softmax cross-entropy on a noised batch.
+
+    Args:
+      state: the :class:`TrainState` (donated).
+      images: (N, H, W, C) float32 clean training images in [-1, 1].
+      labels: (N,) int32 labels.
+      key: the run's data key; the step's key is ``fold_in(key, state.step)``.
+      model, tx, noise, batch_size: static settings.
+
+    Returns:
+      (new_state, metrics) with float32 ``loss`` (nats) and batch ``accuracy``.
+    """
+    k_idx, k_sigma, k_eps = jax.random.split(jax.random.fold_in(key, state.step), 3)
+    idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0], jnp.int32)
+    x0, y = images[idx], labels[idx]
+    sigma = sample_sigmas(k_sigma, batch_size, noise)
+    x = x0 + sigma[:, None, None, None] * jax.random.normal(k_eps, x0.shape, x0.dtype)
+
+    def loss_fn(p):
+        lg = model.apply({"params": p}, x, sigma)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg, y)), lg
+
+    (loss, lg), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state)
+    return new, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(lg, -1) == y)}
+
+
+# ------------------------------------------------------------------- settings, training
+def _settings(cfg: Mapping | None, images, labels) -> dict:
+    s = dict(DEFAULTS)
+    for k, v in dict(cfg or {}).items():
+        if k not in DEFAULTS:
+            raise ValueError(f"unknown noisy-classifier setting {k!r}; valid: "
+                             f"{sorted(DEFAULTS)}")
+        s[k] = v
+    if s["sigma_dist"] not in SIGMA_DISTS:
+        raise ValueError(f"unknown sigma_dist {s['sigma_dist']!r}; valid: {SIGMA_DISTS}")
+    if not 0 < float(s["sigma_min"]) < float(s["sigma_max"]):
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {s['sigma_min']}, "
+                         f"{s['sigma_max']}")
+    for k in ("num_steps", "batch_size", "num_classes", "width", "features", "emb_channels"):
+        if int(s[k]) != s[k] or int(s[k]) < 1:
+            raise ValueError(f"{k} must be an integer >= 1, got {s[k]!r}")
+    images = np.asarray(images)
+    if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images must be a float array (N, H, W, C), got {images.dtype} "
+                         f"{images.shape}")
+    labels = np.asarray(labels)
+    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an int array of shape ({images.shape[0]},), got "
+                         f"{labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= int(s["num_classes"])):
+        raise ValueError(f"labels must lie in [0, {s['num_classes']}), got "
+                         f"[{labels.min()}, {labels.max()}]")
+    out = {k: (float(v) if isinstance(v, float) else v) for k, v in s.items()}
+    # What the parameters depend on (a checkpoint with other values is not reused).
+    out["image_shape"] = list(images.shape[1:])
+    out["num_train"] = int(images.shape[0])
+    out["data_crc32"] = zlib.crc32(np.ascontiguousarray(images, np.float32).tobytes()
+                                   + np.ascontiguousarray(labels, np.int32).tobytes())
+    return out
+
+
+def _model(s: dict) -> NoisyClassifier:
+    return NoisyClassifier(num_classes=int(s["num_classes"]), width=int(s["width"]),
+                           features=int(s["features"]), emb_channels=int(s["emb_channels"]),
+                           sigma_data=float(s["sigma_data"]))
+
+
+def _noise(s: dict) -> NoiseConfig:
+    return NoiseConfig(str(s["sigma_dist"]), float(s["sigma_min"]), float(s["sigma_max"]),
+                       float(s["p_mean"]), float(s["p_std"]))
+
+
+@functools.lru_cache(maxsize=8)
+def _adam(lr: float):
+    return optax.adam(lr)
+
+
+_NOT_SAVED = ("log_every", "checkpoint_every", "progress")  # do not change the result
+
+
+def _init_state(model, s, tx):
+    x = jnp.zeros((1,) + tuple(s["image_shape"]), jnp.float32)
+    params = jax.jit(model.init)(jax.random.PRNGKey(int(s["seed"])), x,
+                                 jnp.ones((1,), jnp.float32))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def _same(saved: dict, s: dict) -> bool:
+    return {k: v for k, v in saved.items() if k not in _NOT_SAVED} == \
+        {k: v for k, v in s.items() if k not in _NOT_SAVED}
+
+
+def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None, *,
+          stop_at_step: int | None = None):
+    """Trains a :class:`NoisyClassifier` (or loads/resumes it from ``workdir``).
+
+    Args:
+      images: (N, H, W, C) float clean training images in [-1, 1].
+      labels: (N,) int labels in [0, num_classes).
+      cfg: settings overriding :data:`DEFAULTS` (a dict or ConfigDict).
+      workdir: optional folder for Orbax checkpoints (``workdir/checkpoints``),
+        ``metrics.jsonl`` and TensorBoard logs. A finished run with the same settings
+        is loaded without training; an unfinished one is resumed; a checkpoint with
+        other settings is an error (use another folder).
+      stop_at_step: stop after this step (simulates an interruption; a checkpoint is
+        saved there).
+
+    Returns:
+      ``(NoisyClassifierState, info)``; info holds the settings, ``steps_trained`` in
+      this call, ``seconds`` and the last logged ``loss``/``accuracy`` (on noised batches).
+
+    Raises:
+      ValueError: bad settings, images or labels (before any training), or a checkpoint
+        of different settings in ``workdir``.
+    """
+    import orbax.checkpoint as ocp
+    from tqdm import tqdm
+
+    s = _settings(cfg, images, labels)
+    model, noise, tx = _model(s), _noise(s), _adam(float(s["lr"]))
+    state = _init_state(model, s, tx)
+    start, mngr = 0, None
+    if workdir is not None:
+        mngr = runlog.checkpoint_manager(workdir, save_every=int(s["checkpoint_every"]),
+                                         keep=2)
+        latest = mngr.latest_step()
+        if latest is not None:
+            saved = mngr.restore(latest, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+            if not _same(saved["settings"], s):
+                mngr.close()
+                raise ValueError(f"{workdir!r} holds a noisy classifier trained with other "
+                                 f"settings ({saved['settings']}); use a new workdir")
+            target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+            state = mngr.restore(latest, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target)))["state"]
+            start = int(latest)
+    end = int(s["num_steps"]) if stop_at_step is None else min(int(stop_at_step),
+                                                               int(s["num_steps"]))
+    images_d = jnp.asarray(images, jnp.float32)
+    labels_d = jnp.asarray(labels, jnp.int32)
+    key = jax.random.fold_in(jax.random.PRNGKey(int(s["seed"])), 7)
+    info = {"settings": s, "steps_trained": max(end - start, 0)}
+    t0 = time.perf_counter()
+    log = runlog.MetricsLog(workdir, start_step=start) if workdir is not None else None
+    acc = []
+    try:
+        with tqdm(total=end, initial=min(start, end), desc="noisy classifier", unit="step",
+                  disable=not s["progress"]) as bar:
+            for step in range(start + 1, end + 1):
+                state, m = train_step(state, images_d, labels_d, key, model=model, tx=tx,
+                                      noise=noise, batch_size=int(s["batch_size"]))
+                acc.append(m)
+                if step % int(s["log_every"]) == 0 or step == end:
+                    host = jax.device_get(acc)
+                    row = {k: float(np.mean([r[k] for r in host])) for k in host[0]}
+                    info.update(row)
+                    if log is not None:
+                        log.write(step, row, prefix="noisy_classifier")
+                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+                    acc = []
+                if mngr is not None and (step % int(s["checkpoint_every"]) == 0
+                                         or step == end):
+                    mngr.save(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state),
+                        meta=ocp.args.JsonSave({"settings": s, "step": step})),
+                        force=step == end)
+                bar.update(1)
+    finally:
+        if log is not None:
+            log.close()
+        if mngr is not None:
+            mngr.wait_until_finished()
+            mngr.close()
+    info["seconds"] = time.perf_counter() - t0
+    info["step"] = int(state.step)
+    return NoisyClassifierState(model, state.params, tuple(s["image_shape"])), info
+
+
+def load(workdir: str) -> NoisyClassifierState:
+    """The classifier saved by :func:`train` in ``workdir`` (latest checkpoint).
+
+    Raises:
+      FileNotFoundError: no checkpoint there.
+    """
+    import orbax.checkpoint as ocp
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"no noisy-classifier checkpoints in {workdir!r}; train one "
+                                f"with jaxdiff.noisy_classifier.train(..., workdir=...)")
+    mngr = runlog.checkpoint_manager(workdir, read_only=True)
+    step = mngr.latest_step()
+    if step is None:
+        mngr.close()
+        raise FileNotFoundError(f"no noisy-classifier checkpoints in {workdir!r}")
+    s = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"][
+        "settings"]
+    model = _model(s)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                          jax.eval_shape(lambda: _init_state(model, s, _adam(float(s["lr"])))))
+    state = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))["state"]
+    mngr.close()
+    return NoisyClassifierState(model, state.params, tuple(s["image_shape"]))
+
+
+# --------------------------------------------------------------------------- inference
+@functools.partial(jax.jit, static_argnames=("model",))
+def _apply(model, params, x, sigma):
+    return model.apply({"params": params}, x, sigma)
+
+
+def _sigma_b(x, sigma):
+    return jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
+
+
+def _check_x(state: NoisyClassifierState, x):
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(state.image_shape):
+        raise ValueError(f"x must have shape (B, {', '.join(map(str, state.image_shape))}) "
+                         f"for this classifier, got {tuple(x.shape)}")
+
+
+def logits(state: NoisyClassifierState, x, sigma):
+    """(B, num_classes) float32 logits of (B, H, W, C) images at noise level(s) sigma."""
+    x = jnp.asarray(x)
+    _check_x(state, x)
+    return _apply(state.model, state.params, x, _sigma_b(x, sigma))
+
+
+@dataclasses.dataclass(frozen=True)
+class _LogProb:
+    """Static part of :func:`log_prob_fn` (hashable; equal for equal models)."""
+    model: NoisyClassifier
+    image_shape: tuple
+
+    def __call__(self, params, x, sigma):
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"x must have shape (B, {', '.join(map(str, self.image_shape))})"
+                             f" for this classifier, got {tuple(x.shape)}")
+        lg = _apply(self.model, params, x, _sigma_b(x, sigma))
+        return jax.nn.log_softmax(lg, axis=-1).astype(x.dtype)
+
+
+def log_prob_fn(state: NoisyClassifierState) -> Partial:
+    """``log_prob_fn(x (B, H, W, C), sigma (B,) or scalar) -> (B, num_classes)`` log p(y | x).
+
+    Differentiable in x; the parameters are the leaves of the returned ``Partial``. Pass
+    it to :func:`jaxdiff.guidance.classifier`.
+    """
+    return Partial(_LogProb(state.model, tuple(state.image_shape)), state.params)
+
+
+def accuracy_vs_sigma(state: NoisyClassifierState, images, labels, sigmas, *, key,
+                      batch_size: int = 512) -> list:
+    """Accuracy of argmax p(y | x0 + sigma z, sigma) for each sigma in ``sigmas``.
+
+    Args:
+      images: (N, H, W, C) clean images; labels: (N,) ints; sigmas: noise levels.
+      key: PRNG key of the noise (``fold_in(key, i)`` for the i-th sigma).
+
+    Returns:
+      list of floats, one accuracy per sigma.
+    """
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels)
+    _check_x(state, images)
+    out = []
+    for i, s in enumerate(np.asarray(sigmas, np.float64).reshape(-1)):
+        z = np.asarray(jax.random.normal(jax.random.fold_in(key, i), images.shape,
+                                         jnp.float32))
+        x = images + np.float32(s) * z
+        pred = np.concatenate([np.argmax(np.asarray(logits(state, x[lo:lo + batch_size], s)),
+                                         axis=1)
+                               for lo in range(0, x.shape[0], batch_size)])
+        out.append(float(np.mean(pred == labels)))
+    return out
