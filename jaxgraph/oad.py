@@ -1,0 +1,429 @@
+"""OAD: Online Adversarial Distillation of GNNs (Wang et al., ESWA 2024; graph.md §5).
+
+    python -m jaxgraph.oad --config=configs/gnn/oad_cora.py --workdir=runs/oad_cora
+    python -m jaxgraph.oad --config=configs/gnn/oad_citeseer.py:gat --workdir=runs/oad_cs_gat
+
+M students (GCN / GAT / SAGE, mixes allowed when their hidden widths agree) are trained
+together, full batch, one step per epoch:
+
+- **warm-up** (``warmup_epochs``): L = sum_i CE(z_i[train], y);
+- **OKD** (``okd_epochs``): forward all students once (train mode) giving logits z_i and
+  hidden features H_i; update every discriminator D_i (ring i-1 -> i: H_i "real",
+  H_{i-1} "fake") with one Adam step on
+  L_D_i = d_trade [BCE(D_i(sg H_i), 1) + BCE(D_i(sg H_{i-1}), 0)] (mean over all nodes);
+  then L = sum_i CE_i + logitkd_trade L_KD + gan_trade L_GAN with
+  L_GAN = sum_i BCE(D_i'(H_{i-1}), 1) through the *updated* D_i' (gradient reaches student
+  i-1 only) and L_KD = sum_i T^2 KL(softmax(zbar_{-i}/T) || softmax(z_i/T)) on the train
+  nodes, zbar_{-i} the detached mean of the other students' logits; one Adam step (coupled
+  L2) on all students.
+
+The D_i are independent given the (fixed) student features, so updating them "sequentially"
+as the reference code does equals updating them together.
+
+Reference-code quirks are options (defaults = the paper-faithful setting; ``:code`` in the
+config selects all reference settings): ``disc.final_relu`` (sigma(ReLU) >= 0.5),
+``kd.scale`` ("paper" = T^2 batch-mean KL, "code" = that / (N_train C)), ``select_on``
+("val", or "test" = the reference Cora script's test-mask selection; reproduction only),
+``self_loops`` (the reference adds none), GCN ``dropout`` (0 in the code), GAT
+``activation`` ("relu" in the code) and ``out_heads`` (8 averaged heads in the code).
+
+Several seeds train at once: the state carries a leading seed axis and the step is
+``jax.vmap``-ed over it (``num_seeds``). Model selection uses validation accuracy per
+student; reported per seed: each student's test accuracy at its best-validation epoch, their
+mean (``mean_student``), the test accuracy of the student with the best validation accuracy
+(``best_student``), and the reference code's "max over students" (``max_student_coded``:
+test max over students at the epoch where the max-over-students selection metric peaked).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+
+from jaxgraph import discriminators as discs
+from jaxgraph import gnn, graphs
+from jaxgraph.train import (NodeTask, Selection, load_task, make_optimizer,
+                            masked_accuracy, masked_cross_entropy, open_checkpoints,
+                            update_selection)
+
+__all__ = ["OADState", "OAD", "make_oad", "kd_loss", "default_config", "run_oad",
+           "summarize"]
+
+_MODEL_DEFAULTS = {
+    "gcn": {"hidden": 16, "dropout": 0.5},
+    "gat": {"hidden": 16, "heads": 8, "out_heads": 1, "activation": "elu",
+            "feat_drop": 0.6, "attn_drop": 0.6},
+    "sage": {"hidden": 16, "dropout": 0.5},
+}
+_MIX = ("gcn", "sage", "gcn", "sage")
+
+
+def default_config(dataset: str, arg=None) -> ml_collections.ConfigDict:
+    """The OAD config for ``dataset``; ``arg`` = comma-separated options:
+
+    gcn | gat | sage | mix (students; mix = gcn, sage, gcn, sage), code (every
+    reference-code quirk), nolocal (gan_trade = 0: no discriminators), noglobal
+    (logitkd_trade = 0), alone (one student, CE only, same epochs and optimiser), seeds=<n>,
+    tiny (a few epochs, 2 students, 2 seeds; tests).
+    """
+    opts = [a for a in (arg or "").split(",") if a]
+    valid = {"gcn", "gat", "sage", "mix", "code", "nolocal", "noglobal", "alone", "tiny"}
+    unknown = [a for a in opts if a not in valid and not a.startswith("seeds=")]
+    if unknown:
+        raise ValueError(f"unknown OAD config option(s) {unknown}; valid: "
+                         f"{', '.join(sorted(valid))}, seeds=<n>")
+    archs = [a for a in opts if a in ("gcn", "gat", "sage", "mix")] or ["gcn"]
+    if len(archs) > 1:
+        raise ValueError(f"pick one of gcn, gat, sage, mix; got {archs}")
+    c = ml_collections.ConfigDict()
+    c.dataset = dataset
+    c.data_dir = ""                       # "": the packaged Cora / Citeseer files
+    c.self_loops = True                   # reference code: False
+    c.sparse_features = True
+    c.students = _MIX if archs[0] == "mix" else (archs[0],) * 4
+    c.models = ml_collections.ConfigDict({k: dict(v) for k, v in _MODEL_DEFAULTS.items()})
+    c.disc = ml_collections.ConfigDict({"d_dim": 16, "final_relu": False, "lr": 5e-3})
+    c.kd = ml_collections.ConfigDict({"temperature": 3.0, "scale": "paper"})
+    c.logitkd_trade = 1.0
+    c.gan_trade = 1.0
+    c.d_trade = 1.0
+    c.warmup_epochs = 100
+    c.okd_epochs = 100
+    c.optim = ml_collections.ConfigDict({"lr": 5e-3, "weight_decay": 5e-4})
+    c.select_on = "val"                   # "test": reference Cora script (leaks test data)
+    c.seed = 0
+    c.num_seeds = 1
+    c.log_every = 10
+    c.checkpoint_every = 50
+    c.progress = True
+    if "code" in opts:
+        c.self_loops = False
+        c.models.gcn.dropout = 0.0
+        c.models.gat.activation = "relu"
+        c.models.gat.out_heads = 8
+        c.disc.final_relu = True
+        c.kd.scale = "code"
+        c.select_on = "test" if dataset == "cora" else "val"
+    if "nolocal" in opts:
+        c.gan_trade = 0.0
+    if "noglobal" in opts:
+        c.logitkd_trade = 0.0
+    if "alone" in opts:
+        c.students = c.students[:1]
+        c.gan_trade = 0.0
+        c.logitkd_trade = 0.0
+    for a in opts:
+        if a.startswith("seeds="):
+            c.num_seeds = int(a.split("=", 1)[1])
+    if "tiny" in opts:
+        c.students = c.students[:2] if len(c.students) > 1 else c.students
+        c.warmup_epochs = 2
+        c.okd_epochs = 3
+        c.num_seeds = 2
+        c.log_every = 1
+        c.checkpoint_every = 2
+        c.progress = False
+    return c
+
+
+def kd_loss(student_logits, teacher_logits, mask, *, temperature: float,
+            scale: str = "paper"):
+    """T^2 KL(softmax(teacher/T) || softmax(student/T)), mean over nodes with mask 1.
+
+    Args:
+      student_logits, teacher_logits: (N, C); the teacher is not differentiated.
+      mask: (N,) 0/1.
+      scale: "paper" (batch-mean KL times T^2) or "code" (the reference ``kd_loss``:
+        additionally divided by n C, n = number of masked nodes).
+    """
+    if scale not in ("paper", "code"):
+        raise ValueError(f"unknown kd scale {scale!r}; valid: paper, code")
+    t = temperature
+    log_p_t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits) / t)
+    log_p_s = jax.nn.log_softmax(student_logits / t)
+    kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    n = jnp.maximum(jnp.sum(mask), 1.0)
+    loss = t * t * jnp.sum(kl * mask) / n
+    if scale == "code":
+        loss = loss / (n * student_logits.shape[-1])
+    return loss
+
+
+class OADState(struct.PyTreeNode):
+    """OAD training state (one seed; stacked along a leading axis for several).
+
+    Attributes:
+      step: () int32, epochs done.
+      students: tuple of M student parameter trees.
+      student_opt: optimiser state of the students (one Adam over the tuple).
+      discs: tuple of M discriminator parameter trees (empty without the local term).
+      disc_opt: optimiser state of the discriminators.
+      selection: per-student validation selection, fields of shape (M,).
+      coded: "max over students" selection of the reference code, fields of shape ().
+    """
+    step: jnp.ndarray
+    students: tuple
+    student_opt: optax.OptState
+    discs: tuple
+    disc_opt: optax.OptState
+    selection: Selection
+    coded: Selection
+
+
+class OAD(struct.PyTreeNode):
+    """The OAD functions for one config and task shape: ``init(key) -> OADState``,
+    ``step(state, task, key) -> (state, metrics)`` (one epoch; jit/vmap-able);
+    ``forward(students, task, rng, deterministic) -> (logits, hiddens)`` (M-tuples);
+    ``disc_loss(discs, hiddens, task)`` and ``gan_loss(discs, hiddens, task)``."""
+    init: callable = struct.field(pytree_node=False)
+    step: callable = struct.field(pytree_node=False)
+    evaluate: callable = struct.field(pytree_node=False)
+    forward: callable = struct.field(pytree_node=False)
+    disc_loss: callable = struct.field(pytree_node=False)
+    gan_loss: callable = struct.field(pytree_node=False)
+    students: tuple = struct.field(pytree_node=False)
+
+
+def _check_config(config, num_classes):
+    bad = [a for a in config.students if a not in gnn.ARCHS]
+    if bad or not config.students:
+        raise ValueError(f"unknown student architecture(s) {bad} in students="
+                         f"{tuple(config.students)}; valid: {', '.join(gnn.ARCHS)}")
+    m = len(config.students)
+    if m < 2 and (config.logitkd_trade or config.gan_trade):
+        raise ValueError(f"OAD needs >= 2 students for its distillation terms, got {m}; "
+                         f"set logitkd_trade = gan_trade = 0 to train one student alone")
+    if config.select_on not in ("val", "test"):
+        raise ValueError(f"unknown select_on {config.select_on!r}; valid: val, test")
+    if config.kd.scale not in ("paper", "code"):
+        raise ValueError(f"unknown kd.scale {config.kd.scale!r}; valid: paper, code")
+    models = tuple(gnn.make_model(a, num_classes, **dict(config.models[a]))
+                   for a in config.students)
+    dims = [gnn.hidden_dim(mod) for mod in models]
+    if config.gan_trade and len(set(dims)) > 1:
+        raise ValueError(f"the discriminator ring needs equal hidden widths, got "
+                         f"{dict(zip(config.students, dims))}")
+    if config.warmup_epochs < 0 or config.okd_epochs < 0:
+        raise ValueError("warmup_epochs and okd_epochs must be >= 0")
+    return models
+
+
+def make_oad(config, task: NodeTask) -> OAD:
+    """Builds the OAD functions for ``config`` (see :func:`default_config`) and ``task``'s
+    shapes (the task itself is an argument of ``step``)."""
+    models = _check_config(config, task.num_classes)
+    m = len(models)
+    use_gan = bool(config.gan_trade)
+    use_kd = bool(config.logitkd_trade)
+    d_models = tuple(discs.make_discriminator(a, d_dim=config.disc.d_dim,
+                                              final_relu=config.disc.final_relu)
+                     for a in config.students) if use_gan else ()
+    tx = make_optimizer(config.optim.lr, config.optim.weight_decay)
+    dtx = optax.adam(config.disc.lr)
+    temperature = float(config.kd.temperature)
+    kd_scale = config.kd.scale
+    warmup = int(config.warmup_epochs)
+    sel_split = "test_mask" if config.select_on == "test" else "val_mask"
+
+    def init(key) -> OADState:
+        keys = jax.random.split(key, 2 * m)
+        g, x = task.graph, task.graph.nodes
+        students, hiddens = [], []
+        for i, mod in enumerate(models):
+            p = mod.init(keys[i], g, x, True)["params"]
+            students.append(p)
+            hiddens.append(jax.eval_shape(lambda p, mod=mod: mod.apply(
+                {"params": p}, g, x, True)[1], p))
+        students = tuple(students)
+        d_params = tuple(
+            d.init(keys[m + i], g, jnp.zeros(hiddens[i].shape, hiddens[i].dtype))["params"]
+            for i, d in enumerate(d_models))
+        return OADState(step=jnp.zeros((), jnp.int32), students=students,
+                        student_opt=tx.init(students), discs=d_params,
+                        disc_opt=dtx.init(d_params), selection=Selection.create((m,)),
+                        coded=Selection.create())
+
+    def forward(students, task, rng, deterministic):
+        keys = jax.random.split(rng, m)
+        outs = [mod.apply({"params": p}, task.graph, task.graph.nodes, deterministic,
+                          rngs=None if deterministic else {"dropout": k})
+                for mod, p, k in zip(models, students, keys)]
+        return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
+
+    def evaluate(state: OADState, task: NodeTask):
+        """(M,) accuracies per split with deterministic students."""
+        zs, _ = forward(state.students, task, jax.random.PRNGKey(0), True)
+        return {split: jnp.stack([masked_accuracy(z, task.labels, getattr(task, f"{split}_mask"))
+                                  for z in zs]) for split in ("train", "val", "test")}
+
+    def disc_loss(dparams, hs, task: NodeTask):
+        """sum_i d_trade [BCE(D_i(H_i), 1) + BCE(D_i(H_{i-1}), 0)], node means."""
+        node_w = graphs.node_mask(task.graph).astype(jnp.float32)
+        total = jnp.zeros(())
+        for i, (d, p) in enumerate(zip(d_models, dparams)):
+            real = d.apply({"params": p}, task.graph, hs[i])
+            fake = d.apply({"params": p}, task.graph, hs[(i - 1) % m])
+            total += config.d_trade * (discs.masked_mean(discs.bce_real(real), node_w)
+                                       + discs.masked_mean(discs.bce_fake(fake), node_w))
+        return total
+
+    def gan_loss(dparams, hs, task: NodeTask):
+        """L_GAN = sum_i BCE(D_i(H_{i-1}), 1), node means (the generators' loss)."""
+        node_w = graphs.node_mask(task.graph).astype(jnp.float32)
+        return sum(discs.masked_mean(discs.bce_real(
+            d.apply({"params": p}, task.graph, hs[(i - 1) % m])), node_w)
+            for i, (d, p) in enumerate(zip(d_models, dparams)))
+
+    def step(state: OADState, task: NodeTask, key):
+        rng = jax.random.fold_in(key, state.step)
+        okd = (state.step >= warmup).astype(jnp.float32)
+        (zs, hs), vjp_fn = jax.vjp(lambda s: forward(s, task, rng, False), state.students)
+
+        # 1. Discriminators (OKD phase only): real H_i, fake H_{i-1}; students detached.
+        d_loss = jnp.zeros(())
+        new_discs, new_dopt = state.discs, state.disc_opt
+        if use_gan:
+            hs_sg = tuple(jax.lax.stop_gradient(h) for h in hs)
+
+            def d_loss_fn(dparams):
+                return disc_loss(dparams, hs_sg, task)
+
+            d_loss, d_grads = jax.value_and_grad(d_loss_fn)(state.discs)
+            d_upd, d_opt = dtx.update(d_grads, state.disc_opt, state.discs)
+            d_new = optax.apply_updates(state.discs, d_upd)
+            new_discs = jax.tree.map(lambda a, b: jnp.where(okd > 0, a, b), d_new, state.discs)
+            new_dopt = jax.tree.map(lambda a, b: jnp.where(okd > 0, a, b), d_opt,
+                                    state.disc_opt)
+
+        # 2. Students: CE + KD + GAN (through the updated discriminators).
+        def loss_from_outputs(zs, hs):
+            ce = sum(masked_cross_entropy(z, task.labels, task.train_mask) for z in zs)
+            kd = jnp.zeros(())
+            if use_kd:
+                total = sum(zs)
+                kd = sum(kd_loss(z, (total - z) / (m - 1), task.train_mask,
+                                 temperature=temperature, scale=kd_scale) for z in zs)
+            gan = gan_loss(new_discs, hs, task) if use_gan else jnp.zeros(())
+            loss = ce + okd * (config.logitkd_trade * kd + config.gan_trade * gan)
+            return loss, (ce, kd, gan)
+
+        (loss, (ce, kd, gan)), out_grads = jax.value_and_grad(
+            loss_from_outputs, argnums=(0, 1), has_aux=True)(zs, hs)
+        (grads,) = vjp_fn(out_grads)
+        updates, s_opt = tx.update(grads, state.student_opt, state.students)
+        students = optax.apply_updates(state.students, updates)
+
+        # 3. Evaluation and model selection (validation by default).
+        zs_eval, _ = forward(students, task, rng, True)
+        acc = {s: jnp.stack([masked_accuracy(z, task.labels, getattr(task, f"{s}_mask"))
+                             for z in zs_eval]) for s in ("val", "test")}
+        sel_acc = jnp.stack([masked_accuracy(z, task.labels, getattr(task, sel_split))
+                             for z in zs_eval])
+        selection = update_selection(state.selection, acc["val"], acc["test"], state.step)
+        coded = update_selection(state.coded, sel_acc.max(), acc["test"].max(), state.step)
+        new_state = OADState(step=state.step + 1, students=students, student_opt=s_opt,
+                             discs=new_discs, disc_opt=new_dopt, selection=selection,
+                             coded=coded)
+        metrics = {"loss": loss, "ce": ce, "kd": kd, "gan": gan, "d_loss": d_loss,
+                   "l2_grads": optax.tree.norm(grads), "okd": okd,
+                   "val_accuracy": acc["val"], "test_accuracy": acc["test"]}
+        return new_state, metrics
+
+    return OAD(init=init, step=step, evaluate=evaluate, forward=forward, disc_loss=disc_loss,
+               gan_loss=gan_loss, students=tuple(config.students))
+
+
+def summarize(state: OADState) -> dict:
+    """Per-seed selection results of a (seed-stacked) state as host lists / floats."""
+    sel = jax.device_get(state.selection)
+    coded = jax.device_get(state.coded)
+    best_val = np.atleast_2d(sel.best_val)
+    test = np.atleast_2d(sel.test_at_best)
+    best_student = test[np.arange(test.shape[0]), best_val.argmax(axis=1)]
+    per_seed = {"student_test": test.tolist(), "student_best_val": best_val.tolist(),
+                "student_best_epoch": np.atleast_2d(sel.epoch).tolist(),
+                "mean_student": test.mean(axis=1).tolist(),
+                "best_student": best_student.tolist(),
+                "max_student_coded": np.atleast_1d(coded.test_at_best).tolist()}
+    stats = {}
+    for k in ("mean_student", "best_student", "max_student_coded"):
+        v = np.asarray(per_seed[k])
+        stats[k] = {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
+    return {"per_seed": per_seed, "stats": stats}
+
+
+def _task_from_config(config) -> NodeTask:
+    return load_task(config.dataset, data_dir=config.data_dir or None,
+                     self_loops=config.self_loops, sparse=config.sparse_features)
+
+
+def run_oad(config, workdir: str) -> dict:
+    """Trains ``config.num_seeds`` seeds of OAD at once (vmapped); writes metrics
+    (means over seeds and students), checkpoints and ``workdir/result.json``."""
+    import time
+
+    import orbax.checkpoint as ocp
+    from tqdm import tqdm
+
+    from jaxdiff.runlog import MetricsLog
+
+    if config.num_seeds < 1:
+        raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
+    task = _task_from_config(config)
+    oad = make_oad(config, task)
+    seeds = config.seed + np.arange(config.num_seeds)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
+    init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+    state = jax.jit(jax.vmap(oad.init))(init_keys)
+    step = jax.jit(jax.vmap(oad.step, in_axes=(0, None, 0)), donate_argnums=(0,))
+    epochs = config.warmup_epochs + config.okd_epochs
+
+    mngr, state, start = open_checkpoints(workdir, state, config.checkpoint_every)
+    t0 = time.time()
+    with MetricsLog(workdir, start_step=start) as log:
+        bar = tqdm(range(start, epochs), disable=not config.progress,
+                   desc=f"oad {config.dataset} {'/'.join(config.students)}")
+        for epoch in bar:
+            state, mt = step(state, task, train_keys)
+            if (epoch + 1) % config.log_every == 0 or epoch + 1 == epochs:
+                mt = jax.device_get(mt)
+                log.write(epoch + 1, {k: np.mean(mt[k]) for k in
+                                      ("loss", "ce", "kd", "gan", "d_loss", "l2_grads")})
+                log.write(epoch + 1, {"val_accuracy": np.mean(mt["val_accuracy"]),
+                                      "test_accuracy": np.mean(mt["test_accuracy"])},
+                          prefix="eval")
+                bar.set_postfix(ce=f"{np.mean(mt['ce']):.3f}",
+                                val=f"{np.mean(mt['val_accuracy']):.3f}")
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == epochs:
+                mngr.save(epoch + 1, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    meta=ocp.args.JsonSave({"dataset": config.dataset,
+                                            "students": list(config.students),
+                                            "seeds": [int(s) for s in seeds]})))
+    mngr.close()
+    result = {"dataset": config.dataset, "students": list(config.students),
+              "seeds": [int(s) for s in seeds], "warmup_epochs": config.warmup_epochs,
+              "okd_epochs": config.okd_epochs, "logitkd_trade": config.logitkd_trade,
+              "gan_trade": config.gan_trade, "d_trade": config.d_trade,
+              "kd_scale": config.kd.scale, "disc_final_relu": config.disc.final_relu,
+              "self_loops": config.self_loops, "select_on": config.select_on,
+              "train_seconds": time.time() - t0, **summarize(state)}
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _report(result, workdir):
+    s = result["stats"]
+    print(json.dumps({k: f"{v['mean']:.4f} +- {v['std']:.4f}" for k, v in s.items()}))
+
+
+if __name__ == "__main__":
+    from jaxdiff.cli import run_job
+    run_job(run_oad, _report)

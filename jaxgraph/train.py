@@ -1,0 +1,267 @@
+"""Full-batch training of one GNN (GCN / GAT / SAGE) on a Planetoid graph.
+
+    python -m jaxgraph.train --config=configs/gnn/gnn_planetoid.py:cora,gcn --workdir=runs/gcn_cora
+
+One jitted step per epoch on the whole (padded) graph; validation and test accuracy every
+epoch; the reported test accuracy is the one at the epoch of best *validation* accuracy
+(never selected on test). Metrics go to ``workdir/metrics.jsonl`` (+ TensorBoard), Orbax
+checkpoints to ``workdir/checkpoints`` (resuming from the same workdir is exact: the dropout
+key is ``fold_in(key, epoch)`` and the selection state is checkpointed), the summary to
+``workdir/result.json``.
+
+Also the shared pieces of :mod:`jaxgraph.oad`: :class:`NodeTask` (padded graph + labels +
+split masks), :func:`load_task`, masked losses / accuracies, the optimiser.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxgraph import gnn, graphs
+from jaxgraph.planetoid import load_planetoid
+
+__all__ = ["NodeTask", "load_task", "masked_cross_entropy", "masked_accuracy",
+           "make_optimizer", "TrainState", "Selection", "make_train_step", "make_eval_fn",
+           "update_selection", "train_and_evaluate"]
+
+
+class NodeTask(struct.PyTreeNode):
+    """A padded node-classification task (all arrays on device; N = padded node count).
+
+    Attributes:
+      graph: ``GraphsTuple`` whose ``nodes`` are the (N, F) input features.
+      labels: (N,) int32 (0 on padding nodes).
+      train_mask, val_mask, test_mask: (N,) float32 0/1 split masks (0 on padding).
+      num_classes: C (static).
+    """
+    graph: graphs.GraphsTuple
+    labels: jnp.ndarray
+    train_mask: jnp.ndarray
+    val_mask: jnp.ndarray
+    test_mask: jnp.ndarray
+    num_classes: int = struct.field(pytree_node=False)
+
+
+def load_task(dataset: str, *, data_dir: str | None = None, self_loops: bool = True,
+              sparse: bool = True, normalize: bool = True, pad_multiple: int = 64,
+              dtype=jnp.float32) -> NodeTask:
+    """Planetoid ``dataset`` as a padded :class:`NodeTask`.
+
+    Args:
+      dataset: "cora", "citeseer" or "pubmed" (see :func:`jaxgraph.planetoid.load_planetoid`).
+      data_dir: folder with the ``ind.<dataset>.*`` files (default: the packaged copies).
+      self_loops: add (i, i) edges (Kipf GCN; the OAD reference code adds none).
+      sparse: node features as :class:`jaxgraph.graphs.SparseFeatures` (else dense).
+      normalize: divide each feature row by its sum.
+      pad_multiple: pad nodes and edges to the next multiple of this (> the real counts).
+    """
+    d = load_planetoid(dataset, data_dir)
+    x = d.row_normalized_features() if normalize else d.features
+    feats = graphs.sparse_features(x) if sparse else np.asarray(x.todense(), np.float32)
+    g = graphs.build_graph(feats, d.senders, d.receivers, self_loops=self_loops)
+    n_node = graphs.padded_size(d.num_nodes, pad_multiple)
+    n_edge = graphs.padded_size(int(g.n_edge.sum()), pad_multiple)
+    g = graphs.pad_graph(g, n_node, n_edge)
+    masks = [graphs.pad_nodes(d.mask(s).astype(np.float32), n_node)
+             for s in ("train", "val", "test")]
+    g = jax.tree.map(lambda a: jnp.asarray(a, dtype) if np.issubdtype(np.asarray(a).dtype,
+                                                                      np.floating)
+                     else jnp.asarray(a), g)
+    return NodeTask(graph=g, labels=jnp.asarray(graphs.pad_nodes(d.labels, n_node)),
+                    train_mask=jnp.asarray(masks[0]), val_mask=jnp.asarray(masks[1]),
+                    test_mask=jnp.asarray(masks[2]), num_classes=d.num_classes)
+
+
+def masked_cross_entropy(logits, labels, mask):
+    """Mean softmax cross-entropy over nodes with mask 1. logits (N, C), labels/mask (N,)."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def masked_accuracy(logits, labels, mask):
+    """Fraction of masked nodes whose argmax logit equals the label (in [0, 1])."""
+    hit = (jnp.argmax(logits, -1) == labels).astype(mask.dtype)
+    return jnp.sum(hit * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def make_optimizer(lr: float, weight_decay: float, *, decay_mask=None):
+    """Adam with PyTorch-style *coupled* L2 (``add_decayed_weights`` before Adam).
+
+    ``decay_mask``: optional pytree / callable of bools choosing the decayed parameters
+    (e.g. Kipf's L2 on the first layer only); ``None`` decays all of them.
+    """
+    if lr <= 0 or weight_decay < 0:
+        raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, "
+                         f"weight_decay={weight_decay}")
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
+                       optax.adam(lr))
+
+
+def first_layer_mask(params):
+    """Bool pytree: True on the first graph layer's parameters (name ending in ``_0``)."""
+    return {k: jax.tree.map(lambda _: k.endswith("_0"), v) for k, v in params.items()}
+
+
+class Selection(struct.PyTreeNode):
+    """Model selection on validation accuracy, carried across epochs.
+
+    Attributes (shape (...,) = one entry per model, e.g. (M,) students):
+      best_val: best validation accuracy so far (-1 before the first evaluation).
+      test_at_best: test accuracy at that epoch.
+      epoch: the epoch it happened (-1 before).
+    """
+    best_val: jnp.ndarray
+    test_at_best: jnp.ndarray
+    epoch: jnp.ndarray
+
+    @classmethod
+    def create(cls, shape=()):
+        return cls(best_val=-jnp.ones(shape, jnp.float32),
+                   test_at_best=jnp.zeros(shape, jnp.float32),
+                   epoch=-jnp.ones(shape, jnp.int32))
+
+
+def update_selection(sel: Selection, val_acc, test_acc, epoch) -> Selection:
+    """Keeps the first epoch with the strictly highest validation accuracy."""
+    better = val_acc > sel.best_val
+    keep = lambda new, old: jnp.where(better, new, old).astype(old.dtype)  # noqa: E731
+    return Selection(best_val=keep(val_acc, sel.best_val),
+                     test_at_best=keep(test_acc, sel.test_at_best),
+                     epoch=keep(jnp.asarray(epoch), sel.epoch))
+
+
+class TrainState(struct.PyTreeNode):
+    """Single-GNN training state: epoch counter, parameters, optimiser state, selection."""
+    step: jnp.ndarray
+    params: dict
+    opt_state: optax.OptState
+    selection: Selection
+
+
+def make_eval_fn(model):
+    """``eval_fn(params, task) -> dict`` of loss / accuracy per split (deterministic)."""
+    def eval_fn(params, task: NodeTask):
+        logits, _ = model.apply({"params": params}, task.graph, task.graph.nodes, True)
+        out = {}
+        for split in ("train", "val", "test"):
+            mask = getattr(task, f"{split}_mask")
+            out[f"{split}_loss"] = masked_cross_entropy(logits, task.labels, mask)
+            out[f"{split}_accuracy"] = masked_accuracy(logits, task.labels, mask)
+        return out
+    return eval_fn
+
+
+def make_train_step(model, tx):
+    """``step(state, task, key) -> (state, metrics)``: one full-batch Adam step on the
+    train-node cross-entropy, then evaluation and selection update. Jit-able, vmappable
+    over ``(state, key)``."""
+    eval_fn = make_eval_fn(model)
+
+    def step(state: TrainState, task: NodeTask, key):
+        rng = jax.random.fold_in(key, state.step)
+
+        def loss_fn(params):
+            logits, _ = model.apply({"params": params}, task.graph, task.graph.nodes, False,
+                                    rngs={"dropout": rng})
+            return masked_cross_entropy(logits, task.labels, task.train_mask)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ev = eval_fn(params, task)
+        sel = update_selection(state.selection, ev["val_accuracy"], ev["test_accuracy"],
+                               state.step)
+        metrics = dict(loss=loss, l2_grads=optax.tree.norm(grads), **ev)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                          selection=sel), metrics
+
+    return step
+
+
+def model_kwargs(config) -> dict:
+    """Model attributes from ``config.model`` (without ``arch``)."""
+    kw = dict(config.model)
+    kw.pop("arch")
+    return kw
+
+
+def init_state(model, tx, task: NodeTask, key) -> TrainState:
+    params = model.init(key, task.graph, task.graph.nodes, True)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), selection=Selection.create())
+
+
+def open_checkpoints(workdir: str, state, save_every: int):
+    """Opens ``workdir/checkpoints`` (keeps 2); returns (manager, state, start epoch),
+    the state restored from the latest checkpoint when there is one."""
+    import orbax.checkpoint as ocp
+
+    from jaxdiff.runlog import checkpoint_manager
+    os.makedirs(workdir, exist_ok=True)
+    mngr = checkpoint_manager(workdir, save_every=save_every, keep=2)
+    start = mngr.latest_step()
+    if start is None:
+        return mngr, state, 0
+    restored = mngr.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state)))
+    return mngr, restored.state, int(start)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains ``config.model`` on ``config.dataset``; returns (and writes) the summary."""
+    import orbax.checkpoint as ocp
+    from tqdm import tqdm
+
+    from jaxdiff.runlog import MetricsLog
+
+    task = load_task(config.dataset, data_dir=config.data_dir or None,
+                     self_loops=config.self_loops, sparse=config.sparse_features)
+    model = gnn.make_model(config.model.arch, task.num_classes, **model_kwargs(config))
+    decay_mask = first_layer_mask if config.optim.decay_first_layer_only else None
+    tx = make_optimizer(config.optim.lr, config.optim.weight_decay, decay_mask=decay_mask)
+    key = jax.random.PRNGKey(config.seed)
+    init_key, train_key = jax.random.split(key)
+    state = init_state(model, tx, task, init_key)
+    step = jax.jit(make_train_step(model, tx), donate_argnums=(0,))
+
+    mngr, state, start = open_checkpoints(workdir, state, config.checkpoint_every)
+    with MetricsLog(workdir, start_step=start) as log:
+        bar = tqdm(range(start, config.epochs), disable=not config.progress,
+                   desc=f"{config.model.arch}/{config.dataset}")
+        for epoch in bar:
+            state, m = step(state, task, train_key)
+            if (epoch + 1) % config.log_every == 0 or epoch + 1 == config.epochs:
+                m = jax.device_get(m)
+                log.write(epoch + 1, {k: m[k] for k in ("loss", "l2_grads", "train_accuracy")})
+                log.write(epoch + 1, {k: m[k] for k in ("val_loss", "val_accuracy",
+                                                         "test_accuracy")}, prefix="eval")
+                bar.set_postfix(loss=f"{m['loss']:.3f}", val=f"{m['val_accuracy']:.3f}")
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                mngr.save(epoch + 1, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    meta=ocp.args.JsonSave({"dataset": config.dataset,
+                                            "arch": config.model.arch})))
+    mngr.close()
+    sel = jax.device_get(state.selection)
+    result = {"dataset": config.dataset, "arch": config.model.arch, "seed": config.seed,
+              "epochs": config.epochs, "best_val_accuracy": float(sel.best_val),
+              "test_accuracy_at_best_val": float(sel.test_at_best),
+              "best_epoch": int(sel.epoch)}
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _report(result, workdir):
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    from jaxdiff.cli import run_job
+    run_job(train_and_evaluate, _report)

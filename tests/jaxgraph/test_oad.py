@@ -1,0 +1,171 @@
+"""OAD: KD closed form, discriminator ranges, the ring's gradient flow, losses that fall
+over a few steps, config validation, the CLI on Cora (tiny)."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgraph import discriminators, graphs, oad
+from jaxgraph.train import NodeTask
+
+
+def synthetic_task(n=40, f=12, c=3, seed=0):
+    """A small graph whose features and edges follow the labels (planted partition)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % c
+    pairs = set()
+    for _ in range(3 * n):
+        u, v = rng.integers(0, n, 2)
+        if u != v and (labels[u] == labels[v] or rng.random() < 0.2):
+            pairs |= {(u, v), (v, u)}
+    s, r = np.array(sorted(pairs)).T
+    x = (rng.random((n, f)) < 0.2) + np.eye(c)[labels] @ (rng.random((c, f)) < 0.3)
+    x = x / np.maximum(x.sum(1, keepdims=True), 1)
+    g = graphs.pad_graph(graphs.build_graph(graphs.sparse_features(x, np.float64), s, r,
+                                            self_loops=True), n + 8, len(s) + n + 8)
+    split = np.arange(n + 8)
+    masks = [((split < n) & (split % 4 == k)).astype(np.float64) for k in (0, 1, 2)]
+    return NodeTask(graph=jax.tree.map(jnp.asarray, g),
+                    labels=jnp.asarray(graphs.pad_nodes(labels, n + 8)),
+                    train_mask=jnp.asarray(masks[0]), val_mask=jnp.asarray(masks[1]),
+                    test_mask=jnp.asarray(masks[2]), num_classes=c)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return synthetic_task()
+
+
+def small_config(**overrides):
+    c = oad.default_config("cora", "gcn")
+    c.students = ("gcn", "gcn", "gcn")
+    c.models.gcn.dropout = 0.0
+    c.models.gcn.hidden = 8
+    c.disc.d_dim = 4
+    c.warmup_epochs = 0
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    return c
+
+
+def test_kd_loss_closed_form():
+    s = np.array([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0], [0.0, 3.0, 0.0]])
+    t = np.array([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    mask = np.array([1.0, 1.0, 0.0])
+    temp = 3.0
+    p = np.exp(t / temp) / np.exp(t / temp).sum(1, keepdims=True)
+    q = np.exp(s / temp) / np.exp(s / temp).sum(1, keepdims=True)
+    kl = (p * np.log(p / q)).sum(1)
+    expected = temp ** 2 * (kl[0] + kl[1]) / 2
+    got = oad.kd_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(mask), temperature=temp)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    code = oad.kd_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(mask), temperature=temp,
+                       scale="code")
+    np.testing.assert_allclose(code, expected / (2 * 3), rtol=1e-12)   # / (n C)
+    # No gradient flows into the teacher.
+    g = jax.grad(lambda t_: oad.kd_loss(jnp.asarray(s), t_, jnp.asarray(mask),
+                                        temperature=temp))(jnp.asarray(t))
+    assert np.all(np.asarray(g) == 0)
+    with pytest.raises(ValueError, match="unknown kd scale 'mean'; valid: paper, code"):
+        oad.kd_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(mask), temperature=1.0,
+                    scale="mean")
+
+
+@pytest.mark.parametrize("final_relu", [False, True])
+def test_discriminator_outputs_in_range(task, final_relu):
+    d = discriminators.make_discriminator("sage", d_dim=4, final_relu=final_relu)
+    h = jax.random.normal(jax.random.PRNGKey(0), (task.graph.nodes.shape[0], 8)) * 3
+    params = d.init(jax.random.PRNGKey(1), task.graph, h)["params"]
+    assert params["GCNConv_0"]["kernel"].shape == (8, 4)
+    prob = np.asarray(jax.nn.sigmoid(d.apply({"params": params}, task.graph, h)))
+    assert prob.shape == (h.shape[0],) and np.all((prob > 0) & (prob < 1))
+    if final_relu:   # the reference quirk: sigma(ReLU(x)) >= 1/2, fake loss >= log 2
+        assert prob.min() >= 0.5
+        assert np.all(np.asarray(discriminators.bce_fake(
+            d.apply({"params": params}, task.graph, h))) >= np.log(2) - 1e-12)
+    else:
+        assert prob.min() < 0.5 < prob.max()
+    assert discriminators.make_discriminator("gcn").features == (1,)
+
+
+def test_a_few_oad_steps_lower_every_loss(task):
+    """Each player's step lowers its own loss: the discriminator step lowers L_D on the
+    features it saw; the student steps lower CE, KD and L_GAN (against fixed D)."""
+    o = oad.make_oad(small_config(), task)
+    state = o.init(jax.random.PRNGKey(0))
+    step = jax.jit(o.step)
+    key = jax.random.PRNGKey(1)
+    fwd = jax.jit(lambda s: o.forward(s, task, key, True))
+    zs, hs = fwd(state.students)
+    state1, m1 = step(state, task, key)
+    d_before = o.disc_loss(state.discs, hs, task)
+    np.testing.assert_allclose(m1["d_loss"], d_before, rtol=1e-6)   # dropout is off
+    assert o.disc_loss(state1.discs, hs, task) < d_before
+    gan_before = o.gan_loss(state1.discs, hs, task)
+    np.testing.assert_allclose(m1["gan"], gan_before, rtol=1e-6)
+    state_k = state1
+    for _ in range(11):
+        state_k = state_k.replace(discs=state1.discs, disc_opt=state1.disc_opt)
+        state_k, mk = step(state_k, task, key)
+    _, hs_k = fwd(state_k.students)
+    assert o.gan_loss(state1.discs, hs_k, task) < gan_before
+    assert mk["ce"] < m1["ce"] and mk["kd"] < m1["kd"] and mk["loss"] < m1["loss"]
+    assert int(state_k.step) == 12 and state_k.selection.best_val.shape == (3,)
+    # Later calls with new values compile nothing new.
+    assert step._cache_size() == 1
+
+
+def test_gan_gradient_reaches_only_the_previous_student(task):
+    """Ring i-1 -> i: D_i's generator term moves H_{i-1} only (D_0, D_2 zeroed out, so
+    they output constants and pass no gradient)."""
+    o = oad.make_oad(small_config(), task)
+    state = o.init(jax.random.PRNGKey(0))
+    _, hs = o.forward(state.students, task, jax.random.PRNGKey(0), True)
+    zero = jax.tree.map(jnp.zeros_like, state.discs)
+    only_d1 = (zero[0], state.discs[1], zero[2])
+    grads = jax.grad(lambda h: o.gan_loss(only_d1, h, task))(hs)
+    norms = [float(jnp.abs(g).sum()) for g in grads]
+    assert norms[0] > 0 and norms[1] == 0 and norms[2] == 0
+    # The discriminator loss sees H_1 as real and H_0 as fake for D_1.
+    grads_d = jax.grad(lambda h: o.disc_loss(only_d1, h, task))(hs)
+    norms_d = [float(jnp.abs(g).sum()) for g in grads_d]
+    assert norms_d[0] > 0 and norms_d[1] > 0 and norms_d[2] == 0
+
+
+def test_config_validation(task):
+    with pytest.raises(ValueError, match=r"unknown OAD config option\(s\) \['gin'\]"):
+        oad.default_config("cora", "gin")
+    c = oad.default_config("cora", "gcn")
+    c.students = ("gcn", "gat")
+    with pytest.raises(ValueError, match=r"equal hidden widths.*'gat': 128"):
+        oad.make_oad(c, task)
+    c.students = ("gcn",)
+    with pytest.raises(ValueError, match=r">= 2 students"):
+        oad.make_oad(c, task)
+    c.students = ("gcn", "mlp")
+    with pytest.raises(ValueError, match=r"unknown student architecture\(s\) \['mlp'\]"):
+        oad.make_oad(c, task)
+    code = oad.default_config("cora", "gat,code")
+    assert (code.self_loops, code.disc.final_relu, code.kd.scale, code.select_on,
+            code.models.gat.activation, code.models.gat.out_heads) == (
+        False, True, "code", "test", "relu", 8)
+    assert oad.default_config("citeseer", "code").select_on == "val"
+    alone = oad.default_config("cora", "sage,alone")
+    assert alone.students == ("sage",) and alone.gan_trade == alone.logitkd_trade == 0
+
+
+def test_oad_cli_on_cora(tmp_path):
+    """``python -m jaxgraph.oad`` path on Cora, tiny (2 students, 2 seeds, 5 epochs)."""
+    from configs.gnn.oad_cora import get_config
+    res = oad.run_oad(get_config("tiny"), str(tmp_path))
+    assert res["seeds"] == [0, 1] and res["students"] == ["gcn", "gcn"]
+    assert len(res["per_seed"]["student_test"]) == 2
+    assert all(0 < v <= 1 for v in res["per_seed"]["best_student"])
+    with open(tmp_path / "result.json") as f:
+        assert json.load(f)["stats"] == res["stats"]
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "train/gan" in r] == [1, 2, 3, 4, 5]
+    assert os.path.isdir(tmp_path / "checkpoints")
