@@ -1,0 +1,107 @@
+"""Shared settings of the configs/kd/*.py distillation configs (not a config itself).
+
+Every configs/kd/<method>.py calls :func:`make` with its method name. Options after the
+colon (comma-separated):
+  (none)   the reference CIFAR-100 recipe (tfds cifar100, GPU/TPU-sized): batch 64,
+           240 epochs, SGD Nesterov 0.9, lr 0.05 x0.1 after epochs 150/180/210, coupled
+           weight decay 5e-4; teacher resnet32x4, student resnet8x4.
+  fashion  offline Fashion-MNIST (Debian IDX files), CPU-sized: the first 6000 training
+           and 2000 test images; students 1 epoch at lr 0.05, teachers (teacher.py) 3
+           epochs with lr x0.1 after epoch 2; teacher resnet20, student resnet8
+           (docs/jaxkd.md's benchmark, sized for 2 heavily shared CPU cores).
+  tiny     scikit-learn digits, 256 images, 1 epoch of batch 32, resnet8 teacher and
+           student (smoke tests; seconds).
+  seed=N   seed N (also picks teacher workdir ..._sN for single-teacher methods).
+"""
+import ml_collections
+
+OPTIONS = ("fashion", "tiny")
+
+
+def parse(arg):
+    """Splits 'fashion,seed=1' into ({'fashion'}, {'seed': '1'}); rejects unknown options."""
+    flags, values = set(), {}
+    for part in filter(None, (arg or "").split(",")):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            if k != "seed":
+                raise ValueError(f"unknown config option {k!r}; valid: seed=N")
+            values[k] = v
+        elif part in OPTIONS:
+            flags.add(part)
+        else:
+            raise ValueError(f"unknown config option {part!r}; valid: "
+                             f"{', '.join(OPTIONS)}, seed=N")
+    if {"fashion", "tiny"} <= flags:
+        raise ValueError("options 'fashion' and 'tiny' exclude each other")
+    return flags, values
+
+
+def teacher_dirs(flags, k, seed):
+    """Default teacher workdirs: runs/kd[_fashion|_tiny]/teacher_s<seed> (k = 1) or
+    teacher_s0..teacher_s<k-1> (k teachers from different seeds, as CA-MKD's
+    setting.py uses three trials of one architecture)."""
+    root = "runs/kd_fashion" if "fashion" in flags else (
+        "runs/kd_tiny" if "tiny" in flags else "runs/kd_cifar100")
+    if k == 1:
+        return (f"{root}/teacher_s{seed}",)
+    return tuple(f"{root}/teacher_s{i}" for i in range(k))
+
+
+def make(method: str, arg=None, *, num_teachers: int = 1, defaults=None):
+    """The ConfigDict of ``method`` under the options in ``arg`` (see module doc)."""
+    from jaxkd import methods
+    flags, values = parse(arg)
+    m = methods.get(method)
+    seed = int(values.get("seed", 0))
+    c = ml_collections.ConfigDict()
+    c.dataset = "cifar100"
+    c.data_source = "auto"          # auto | offline | tfds
+    c.data_dir = ""
+    c.max_train = 0                 # 0: the whole split
+    c.max_test = 0
+    c.augment = ml_collections.ConfigDict({"pad": 4, "flip": True})
+    c.student = "resnet8x4"
+    c.teacher = ml_collections.ConfigDict({
+        "model": "resnet32x4",
+        "workdirs": teacher_dirs(flags, num_teachers, seed) if m.teachers else (),
+        "checkpoint": "best",       # best | last
+    })
+    c.method = ml_collections.ConfigDict({"name": method, **m.defaults, **(defaults or {})})
+    c.batch_size = 64
+    c.drop_last = True
+    c.num_epochs = 240
+    c.optim = ml_collections.ConfigDict({
+        "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+        "milestones": (150, 180, 210), "gamma": 0.1})
+    c.eval_batch_size = 500
+    c.num_devices = 0               # 0: every local device (data parallel)
+    c.teacher_map = "auto"          # vmap | map (lax.map loop) | auto (map on CPU)
+    c.seed = seed
+    c.log_every = 100
+    c.checkpoint_every_epochs = 1
+    c.keep_checkpoints = 2
+    c.progress = True
+    if "fashion" in flags:
+        c.dataset = "fashion_mnist"
+        c.max_train = 6000          # the first 6000 training images
+        c.max_test = 2000           # the first 2000 test images
+        c.student = "resnet8"
+        c.teacher.model = "resnet20"
+        c.num_epochs = 1            # configs/kd/teacher.py:fashion trains 3
+        c.optim.milestones = ()
+        c.log_every = 20
+    if "tiny" in flags:
+        c.dataset = "digits"
+        c.max_train = 256
+        c.max_test = 128
+        c.student = "resnet8"
+        c.teacher.model = "resnet8"
+        c.batch_size = 32
+        c.eval_batch_size = 128
+        c.num_epochs = 1
+        c.optim.milestones = ()
+        c.augment.flip = False      # digits are not mirror-symmetric
+        c.log_every = 4
+        c.progress = False
+    return c

@@ -1,0 +1,640 @@
+"""Trains a teacher or distils a student (every method of :mod:`jaxkd.methods`).
+
+    python -m jaxkd.train --config=configs/kd/teacher.py:fashion --workdir=runs/kd/t0
+    python -m jaxkd.train --config=configs/kd/kd.py:fashion \
+        "--config.teacher.workdirs=('runs/kd/t0',)" --workdir=runs/kd/kd0
+
+The reference CIFAR-100 recipe (RepDistiller / CA-MKD) is the default: SGD with Nesterov
+momentum 0.9, coupled weight decay 5e-4 on every parameter (``optax.add_decayed_weights``
+before the optimizer), batch 64, 240 epochs, lr 0.05 times 0.1 after epochs 150, 180,
+210; incomplete last batches are dropped. The student (and the method's connectors) is
+the only thing differentiated: the K frozen teachers are an *argument* of the jitted step
+(K same-architecture teachers stacked on a leading axis and vmapped), in eval mode.
+
+Data parallel: the batch is sharded over a 1-D ``Mesh`` of all local devices (axis
+"data") with ``NamedSharding``; parameters and optimizer state are replicated. Losses are
+global-batch means (BatchNorm statistics too), so the step computes the same numbers on
+any device count.
+
+Writes to ``workdir``:
+  checkpoints/<step>/   Orbax items ``state`` (step, params, batch_stats, opt_state),
+                        ``student`` ({"params", "batch_stats"}: loadable as a teacher)
+                        and ``meta`` (architecture, epoch, test accuracy history); at
+                        every epoch end and at an early stop.
+  best/checkpoints/     the student at its best test epoch (``student`` + ``meta``).
+  metrics.jsonl, tb/    train metrics every ``log_every`` steps; test accuracy/loss and
+                        best accuracy at every epoch end (``test/...``).
+Re-running with the same workdir resumes; batch order, augmentation and every update
+depend only on (seed, step), so a resumed run ends with the same parameters as an
+uninterrupted one. The reported accuracy is the best epoch's (the lineage's convention)
+together with the last epoch's.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxdiff import runlog
+from jaxkd import data as data_lib
+from jaxkd import losses, methods
+
+__all__ = ["TrainState", "StepConfig", "make_mesh", "make_optimizer", "init_state",
+           "train_step", "loss_and_grads", "eval_step", "evaluate", "load_student",
+           "load_teachers", "stack_variables", "build", "train_and_evaluate"]
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a step changes (an immutable pytree; Orbax saves it whole).
+
+    Attributes:
+      step: () int32, optimizer updates done.
+      params: {"student": ..., "connector": ...} ("connector" only when the method has
+        one): the differentiated parameters.
+      batch_stats: the same keys, BatchNorm running statistics.
+      opt_state: optax state over ``params``.
+    """
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+class StepConfig(NamedTuple):
+    """Static settings of the jitted step (hashable; equal settings share a compile).
+
+    Attributes:
+      student, teacher: Flax modules (teacher None for teacher-free methods).
+      connector: the method's connector module or None.
+      method: a :class:`jaxkd.methods.Method`.
+      opts: ``config.method`` as a FrozenConfigDict.
+      tx: the optax optimizer.
+      steps_per_epoch: updates per epoch (the epoch of a step is step // spe + 1).
+      pad, flip, fill: augmentation (pad 0 and flip False: none); see
+        :func:`jaxkd.data.augment`.
+      replicated: NamedSharding of the state (None: leave placement to XLA).
+      teacher_map: "vmap" (stacked teachers vmapped; GPU/TPU) or "map" (``lax.map``, a
+        loop over teachers; faster on CPU). ``config.teacher_map="auto"`` picks "map"
+        on the CPU backend.
+    """
+    student: Any
+    teacher: Any
+    connector: Any
+    method: Any
+    opts: Any
+    tx: Any
+    steps_per_epoch: int
+    pad: int = 4
+    flip: bool = True
+    fill: tuple = (0.0,)
+    replicated: Any = None
+    teacher_map: str = "vmap"
+
+
+# ----------------------------------------------------------------------------- devices
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+    """A 1-D mesh, axis "data", over the first ``num_devices`` local devices (0: all)."""
+    devices = jax.local_devices()
+    n = len(devices) if not num_devices else int(num_devices)
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"num_devices={num_devices} but {len(devices)} local devices "
+                         "are available")
+    return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=devices[:n])
+
+
+def _shardings(mesh):
+    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
+# --------------------------------------------------------------------------- optimizer
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(lr: float, momentum: float, nesterov: bool, weight_decay: float,
+               boundaries: tuple, gamma: float) -> optax.GradientTransformation:
+    schedule = optax.piecewise_constant_schedule(lr, {b: gamma for b in boundaries})
+    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    return optax.chain(*parts, optax.sgd(schedule, momentum=momentum or None,
+                                         nesterov=nesterov))
+
+
+def make_optimizer(config, steps_per_epoch: int):
+    """The reference SGD: coupled weight decay, then SGD (Nesterov) momentum with the lr
+    multiplied by ``gamma`` after each epoch in ``optim.milestones`` (1-indexed epochs:
+    epoch e > m is decayed, i.e. from update m * steps_per_epoch on).
+
+    Returns:
+      (tx, schedule) with ``schedule(count) -> lr``; cached on the settings so repeated
+      runs in one process reuse the compiled step.
+    """
+    o = config.optim
+    boundaries = tuple(int(m) * steps_per_epoch for m in o.milestones)
+    tx = _optimizer(float(o.lr), float(o.momentum), bool(o.nesterov),
+                    float(o.weight_decay), boundaries, float(o.gamma))
+    schedule = optax.piecewise_constant_schedule(float(o.lr),
+                                                 {b: float(o.gamma) for b in boundaries})
+    return tx, schedule
+
+
+# ------------------------------------------------------------------------------- step
+
+def _over_teachers(fn, how, *args):
+    """Maps ``fn`` over the leading (teacher) axis of ``args``: ``jax.vmap`` or, with
+    ``how="map"``, ``jax.lax.map`` (a loop: XLA:CPU turns a vmapped convolution with
+    per-teacher kernels into a grouped convolution that is ~10x slower there)."""
+    if how == "vmap":
+        return jax.vmap(fn)(*args)
+    if how == "map":
+        return jax.lax.map(lambda a: fn(*a), args)
+    raise ValueError(f"teacher_map must be 'vmap' or 'map', got {how!r}")
+
+
+def _teacher_tail(teacher, teacher_vars, how, h, index):
+    """(K, B, ...) maps shaped like feats[index] through each teacher's remaining layers
+    -> (K, B, C) logits (teacher k on h[k])."""
+    fn = lambda v, hk: teacher.apply(v, hk, index, train=False, method="forward_from")
+    return _over_teachers(fn, how, teacher_vars, h)
+
+
+def _loss(params, batch_stats, teacher_vars, x, y, epoch, cfg: StepConfig):
+    (s_logits, s_feats), upd = cfg.student.apply(
+        {"params": params["student"], "batch_stats": batch_stats["student"]}, x,
+        train=True, mutable=["batch_stats"])
+    new_bs = {"student": upd["batch_stats"]}
+    t_logits = t_feats = None
+    if teacher_vars is not None:
+        t_logits, t_feats = _over_teachers(
+            lambda v: cfg.teacher.apply(v, x, train=False), cfg.teacher_map, teacher_vars)
+        t_logits, t_feats = jax.lax.stop_gradient((t_logits, t_feats))
+    conn = None
+    if cfg.connector is not None:
+        conn, c_upd = cfg.connector.apply(
+            {"params": params["connector"], "batch_stats": batch_stats["connector"]},
+            s_feats, train=True, mutable=["batch_stats"])
+        new_bs["connector"] = c_upd["batch_stats"]
+    tail = functools.partial(_teacher_tail, cfg.teacher, teacher_vars, cfg.teacher_map)
+    ctx = methods.Context(labels=y, s_logits=s_logits, s_feats=s_feats, t_logits=t_logits,
+                          t_feats=t_feats, conn=conn, tail=tail, epoch=epoch)
+    loss, metrics = cfg.method.loss(cfg.opts, ctx)
+    metrics = dict(metrics, acc=jnp.mean(losses.accuracy(s_logits, y)))
+    return loss, (metrics, new_bs)
+
+
+def _prepare(state, images, key, cfg):
+    x = images
+    if cfg.pad > 0 or cfg.flip:
+        x = data_lib.augment(jax.random.fold_in(key, state.step), images, pad=cfg.pad,
+                             flip=cfg.flip, fill=cfg.fill)
+    return x, state.step // cfg.steps_per_epoch + 1
+
+
+def loss_and_grads(state: TrainState, teacher_vars, images, labels, key, cfg: StepConfig):
+    """(loss, metrics, new batch_stats, grads) of one batch (not jitted; see train_step)."""
+    x, epoch = _prepare(state, images, key, cfg)
+    (loss, (metrics, new_bs)), grads = jax.value_and_grad(_loss, has_aux=True)(
+        state.params, state.batch_stats, teacher_vars, x, labels, epoch, cfg)
+    return loss, metrics, new_bs, grads
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnums=(0,))
+def train_step(state: TrainState, teacher_vars, images, labels, key, *, cfg: StepConfig):
+    """One SGD update of the student (and connectors).
+
+    Args:
+      state: the TrainState (donated: do not use it after the call).
+      teacher_vars: {"params", "batch_stats"} of the K teachers stacked on a leading
+        axis, or None (teacher-free methods). Frozen: never differentiated or updated.
+      images: (B, H, W, C) normalised float32 batch (sharded on "data").
+      labels: (B,) int32.
+      key: the run's augmentation key; the step's key is fold_in(key, state.step).
+      cfg: static settings.
+
+    Returns:
+      (new_state, metrics): the loss, the method's components, acc (train batch top-1),
+      l2_grads, l2_params, l2_updates (() float each).
+    """
+    loss, metrics, new_bs, grads = loss_and_grads(state, teacher_vars, images, labels, key,
+                                                  cfg)
+    updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_bs,
+                              opt_state=opt_state)
+    if cfg.replicated is not None:
+        new_state = jax.lax.with_sharding_constraint(new_state, cfg.replicated)
+    norm = lambda t: jnp.linalg.norm(ravel_pytree(t)[0])
+    metrics = dict(metrics, loss=loss, l2_grads=norm(grads), l2_params=norm(params),
+                   l2_updates=norm(updates))
+    return new_state, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def eval_step(variables, images, labels, mask, *, model):
+    """Sums over the valid (mask 1) examples of correct predictions and cross-entropy."""
+    logits, _ = model.apply(variables, images, train=False)
+    correct = jnp.sum(losses.accuracy(logits, labels) * mask)
+    ce = jnp.sum(losses.cross_entropy(logits, labels) * mask)
+    return correct, ce
+
+
+def evaluate(model, variables, dataset, batch_size: int, mesh=None) -> dict:
+    """Top-1 accuracy and mean cross-entropy on ``dataset`` (a :class:`Dataset` or
+    (images, labels)); the last batch is padded and masked, nothing is dropped."""
+    images, labels = dataset[0], dataset[1]
+    n = images.shape[0]
+    mesh = mesh or make_mesh()
+    _, batch_sh = _shardings(mesh)
+    bs = -(-batch_size // mesh.size) * mesh.size
+    correct = ce = 0.0
+    for lo in range(0, n, bs):
+        x, y = images[lo:lo + bs], labels[lo:lo + bs]
+        m = np.ones(len(y), np.float32)
+        if len(y) < bs:
+            padn = bs - len(y)
+            x = np.concatenate([x, np.zeros((padn,) + x.shape[1:], x.dtype)])
+            y = np.concatenate([y, np.zeros(padn, y.dtype)])
+            m = np.concatenate([m, np.zeros(padn, np.float32)])
+        c, e = eval_step(variables, jax.device_put(x, batch_sh),
+                         jax.device_put(y, batch_sh), jax.device_put(m, batch_sh),
+                         model=model)
+        correct += float(c)
+        ce += float(e)
+    return {"acc": correct / n, "loss": ce / n}
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+def _models():
+    from jaxkd import models  # the model zoo: create(name, num_classes), count_params
+    return models
+
+
+def _abstract_variables(model, input_shape, sharding):
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(input_shape),
+                                                            jnp.float32), train=False))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                        dict(shapes))
+
+
+def load_student(workdir: str, which: str = "best"):
+    """A trained model's variables from a :mod:`jaxkd.train` workdir.
+
+    Args:
+      workdir: the run folder.
+      which: "best" (the best test epoch) or "last" (the latest checkpoint).
+
+    Returns:
+      (variables {"params", "batch_stats"}, meta dict with model, num_classes,
+      input_shape, dataset, method, best_acc, ...).
+
+    Raises:
+      ValueError: bad ``which``. FileNotFoundError: no checkpoint there.
+    """
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    root = os.path.join(workdir, "best") if which == "best" else workdir
+    if not os.path.isdir(os.path.join(root, "checkpoints")):
+        raise FileNotFoundError(
+            f"no {which!r} checkpoint in {workdir!r}; train it first with "
+            f"python -m jaxkd.train --config=configs/kd/teacher.py --workdir={workdir}")
+    mngr = runlog.checkpoint_manager(root, read_only=True)
+    try:
+        step = mngr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {root}/checkpoints")
+        meta = mngr.restore(step, args=_composite(meta=("json", None)))["meta"]
+        model = _models().create(meta["model"], num_classes=int(meta["num_classes"]))
+        sh = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = _abstract_variables(model, meta["input_shape"], sh)
+        variables = mngr.restore(step, args=_composite(student=("std", target)))["student"]
+    finally:
+        mngr.close()
+    return variables, meta
+
+
+def _composite(**items):
+    import orbax.checkpoint as ocp
+    out = {}
+    for name, (kind, value) in items.items():
+        out[name] = {"json": ocp.args.JsonRestore, "std": ocp.args.StandardRestore,
+                     "save": ocp.args.StandardSave, "jsave": ocp.args.JsonSave}[kind](value)
+    return ocp.args.Composite(**out)
+
+
+def stack_variables(variables_list):
+    """Stacks K same-structure variable trees on a new leading axis (K, ...) (on the
+    host: numpy arrays, placed on devices by :func:`build`)."""
+    return jax.tree.map(lambda *x: np.stack([np.asarray(a) for a in x]), *variables_list)
+
+
+def load_teachers(config, input_shape, num_classes):
+    """Loads and stacks the teachers named by ``config.teacher.workdirs``.
+
+    Raises:
+      ValueError: a checkpoint whose architecture, number of classes or input shape
+        does not match the config (the message names both).
+    """
+    out = []
+    for w in config.teacher.workdirs:
+        variables, meta = load_student(w, config.teacher.checkpoint)
+        want = {"model": config.teacher.model, "num_classes": int(num_classes),
+                "input_shape": list(input_shape)}
+        got = {k: meta.get(k) for k in want}
+        if got != want:
+            raise ValueError(f"teacher checkpoint {w!r} holds {got} but the config asks "
+                             f"for {want} (config.teacher.model / dataset)")
+        out.append(variables)
+    return stack_variables(out)
+
+
+# ------------------------------------------------------------------------------ setup
+
+class Setup(NamedTuple):
+    """What :func:`build` makes from a config (everything but the data)."""
+    cfg: StepConfig
+    state: TrainState
+    teacher_vars: Any
+    mesh: Any
+    schedule: Any
+    meta: dict
+
+
+def _num_teachers(config, method):
+    k = len(config.teacher.workdirs)
+    if method.teachers == 0:
+        return 0
+    if method.teachers == 1 and k != 1:
+        raise ValueError(f"method {method.name!r} needs exactly 1 teacher in "
+                         f"config.teacher.workdirs, got {k}")
+    if method.teachers == -1 and k < 2:
+        raise ValueError(f"method {method.name!r} needs >= 2 teachers in "
+                         f"config.teacher.workdirs, got {k}")
+    return k
+
+
+def _teacher_map(config, mesh):
+    how = config.get("teacher_map", "auto")
+    if how == "auto":
+        return "map" if mesh.devices.flat[0].platform == "cpu" else "vmap"
+    if how not in ("vmap", "map"):
+        raise ValueError(f"teacher_map must be 'auto', 'vmap' or 'map', got {how!r}")
+    return how
+
+
+def init_state(key, student, connector, input_shape, tx, teacher_shapes=None):
+    """Fresh TrainState (student, and connector when given) at step 0."""
+    k_s, k_c = jax.random.split(key)
+    x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+    s_vars = student.init(k_s, x, train=False)
+    params = {"student": s_vars["params"]}
+    bstats = {"student": s_vars.get("batch_stats", {})}
+    if connector is not None:
+        _, s_feats = student.apply(s_vars, x, train=False)
+        c_vars = connector.init(k_c, s_feats, train=False)
+        params["connector"] = c_vars["params"]
+        bstats["connector"] = c_vars.get("batch_stats", {})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=bstats,
+                      opt_state=tx.init(params))
+
+
+def _feat_shapes(model, variables, input_shape):
+    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+    _, feats = jax.eval_shape(lambda v, a: model.apply(v, a, train=False), variables, x)
+    return [tuple(f.shape[1:]) for f in feats]
+
+
+def build(config, input_shape, num_classes, steps_per_epoch, *, teacher_vars=None,
+          mesh=None, fill=(0.0,)) -> Setup:
+    """Models, method, optimizer, teachers and a fresh replicated state.
+
+    Args:
+      config: a ``configs/kd/*.py`` ConfigDict.
+      input_shape: (H, W, C).
+      num_classes: C.
+      steps_per_epoch: updates per epoch.
+      teacher_vars: stacked teacher variables to use instead of loading
+        ``config.teacher.workdirs`` (tests).
+      mesh: the device mesh (default: all local devices).
+      fill: (C,) padding value of the crop augmentation (normalised black).
+    """
+    method = methods.get(config.method.name)
+    models = _models()
+    if config.student not in models.MODELS:
+        raise ValueError(f"unknown student model {config.student!r}; valid: "
+                         f"{', '.join(sorted(models.MODELS))}")
+    mesh = mesh or make_mesh(int(config.get("num_devices", 0)))
+    if config.batch_size % mesh.size:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+                         f"{mesh.size} devices")
+    student = models.create(config.student, num_classes=num_classes)
+    teacher = None
+    if method.teachers != 0:
+        if teacher_vars is None:
+            _num_teachers(config, method)
+        if config.teacher.model not in models.MODELS:
+            raise ValueError(f"unknown teacher model {config.teacher.model!r}; valid: "
+                             f"{', '.join(sorted(models.MODELS))}")
+        teacher = models.create(config.teacher.model, num_classes=num_classes)
+        if teacher_vars is None:
+            teacher_vars = load_teachers(config, input_shape, num_classes)
+        k = jax.tree.leaves(teacher_vars)[0].shape[0]
+        if method.teachers == -1 and k < 2:
+            raise ValueError(f"method {method.name!r} needs >= 2 teachers, got {k}")
+    else:
+        teacher_vars = None
+    opts = ml_collections.FrozenConfigDict(config.method)
+    tx, schedule = make_optimizer(config, steps_per_epoch)
+    key = jax.random.PRNGKey(int(config.seed))
+    connector = None
+    if method.make_connector is not None:
+        s_vars_shape = jax.eval_shape(lambda: student.init(
+            key, jnp.zeros((1,) + tuple(input_shape)), train=False))
+        t_single = jax.tree.map(lambda a: a[0], teacher_vars)
+        connector = method.make_connector(
+            opts, _feat_shapes(student, s_vars_shape, input_shape),
+            _feat_shapes(teacher, t_single, input_shape),
+            jax.tree.leaves(teacher_vars)[0].shape[0])
+    replicated, _ = _shardings(mesh)
+    state = jax.jit(init_state, static_argnums=(1, 2, 3, 4), out_shardings=replicated)(
+        jax.random.fold_in(key, 1), student, connector, tuple(input_shape), tx)
+    if teacher_vars is not None:
+        teacher_vars = jax.device_put(teacher_vars, replicated)
+    aug = config.augment
+    cfg = StepConfig(student=student, teacher=teacher, connector=connector, method=method,
+                     opts=opts, tx=tx, steps_per_epoch=int(steps_per_epoch),
+                     pad=int(aug.pad), flip=bool(aug.flip),
+                     fill=tuple(float(v) for v in fill),
+                     replicated=replicated, teacher_map=_teacher_map(config, mesh))
+    return Setup(cfg, state, teacher_vars, mesh, schedule,
+                 _run_meta(config, input_shape, num_classes))
+
+
+def _run_meta(config, input_shape, num_classes) -> dict:
+    """What a checkpoint records about its run (and what a resume must match)."""
+    uses_teacher = methods.get(config.method.name).teachers != 0
+    return {"model": config.student, "num_classes": int(num_classes),
+            "input_shape": list(input_shape), "dataset": config.dataset,
+            "method": config.method.name,
+            "teacher": config.teacher.model if uses_teacher else None,
+            "seed": int(config.seed)}
+
+
+# ------------------------------------------------------------------------------- main
+
+def load_data(config):
+    """(train, test) :class:`jaxkd.data.Dataset` s per the config."""
+    kw = {"source": config.data_source, "data_dir": config.data_dir or None}
+    train = data_lib.load(config.dataset, "train",
+                          max_examples=int(config.max_train) or None, **kw)
+    test = data_lib.load(config.dataset, "test",
+                         max_examples=int(config.max_test) or None, **kw)
+    return train, test
+
+
+def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
+                       teacher_vars=None, datasets=None, mesh=None) -> dict:
+    """Trains (or resumes) and evaluates on the test split after every epoch.
+
+    Args:
+      config: a ``configs/kd/*.py`` ConfigDict.
+      workdir: output folder; an existing checkpoint there is resumed.
+      stop_at_step: stop after this update (simulates an interruption; the schedule
+        still follows ``num_epochs``); a checkpoint is saved there.
+      teacher_vars: stacked teacher variables instead of ``config.teacher.workdirs``.
+      datasets: (train, test) instead of loading ``config.dataset``.
+      mesh: device mesh (default: all local devices).
+
+    Returns:
+      dict: best_acc, best_epoch, last_acc (test top-1, fractions), epoch, step,
+      train_loss (last logged), wall_seconds, num_params (student), steps_per_epoch.
+    """
+    import orbax.checkpoint as ocp
+    from tqdm import tqdm
+
+    methods.get(config.method.name)                      # bad names fail before loading
+    train, test = datasets if datasets is not None else load_data(config)
+    n = train.images.shape[0]
+    bsz = int(config.batch_size)
+    spe = n // bsz if config.drop_last else -(-n // bsz)
+    if spe < 1:
+        raise ValueError(f"batch_size {bsz} is larger than the {n} training examples")
+    if not config.drop_last and n % bsz:
+        raise ValueError("drop_last=False with a ragged last batch is not supported "
+                         "(shapes must stay static); use drop_last=True")
+    fill = tuple(-m / s for m, s in zip(train.mean, train.std))   # black, normalised
+    meta = dict(_run_meta(config, train.images.shape[1:], train.num_classes), history=[],
+                best_acc=-1.0, best_epoch=0)
+    os.makedirs(workdir, exist_ok=True)
+    mngr = runlog.checkpoint_manager(workdir, keep=int(config.keep_checkpoints))
+    start = mngr.latest_step()
+    saved = None
+    if start is not None:        # checked before anything is built or compiled
+        saved = mngr.restore(start, args=_composite(meta=("json", None)))["meta"]
+        for k in ("model", "method", "num_classes", "input_shape", "teacher"):
+            if saved.get(k) != meta.get(k):
+                mngr.close()
+                raise ValueError(f"{workdir!r} holds a checkpoint with {k}="
+                                 f"{saved.get(k)!r}, the config has {meta.get(k)!r}; "
+                                 "use a new workdir")
+    setup = build(config, train.images.shape[1:], train.num_classes, spe,
+                  teacher_vars=teacher_vars, mesh=mesh, fill=fill)
+    cfg, state, t_vars, mesh = setup.cfg, setup.state, setup.teacher_vars, setup.mesh
+    replicated, batch_sh = _shardings(mesh)
+    total = int(config.num_epochs) * spe
+    end = total if stop_at_step is None else min(int(stop_at_step), total)
+    key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 2)
+    best_mngr = runlog.checkpoint_manager(os.path.join(workdir, "best"), keep=1)
+    if saved is not None:
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = mngr.restore(start, args=_composite(state=("std", target)))["state"]
+        meta.update({k: saved[k] for k in ("history", "best_acc", "best_epoch")})
+    start = int(start or 0)
+    models = _models()
+    num_params = int(models.count_params(state.params["student"]))
+
+    def student_vars(s):
+        return {"params": s.params["student"], "batch_stats": s.batch_stats["student"]}
+
+    def save(step, s, epoch):
+        m = dict(meta, step=step, epoch=epoch)
+        mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(s), student=ocp.args.StandardSave(student_vars(s)),
+            meta=ocp.args.JsonSave(m)), force=True)
+
+    t0 = time.perf_counter()
+    acc, last, t_log = [], {}, time.perf_counter()
+    perm_epoch, perm = -1, None
+    with runlog.MetricsLog(workdir, start_step=start) as log, \
+            tqdm(total=end, initial=start, desc=f"{config.method.name}", unit="step",
+                 disable=not config.progress) as bar:
+        for step in range(start, end):
+            epoch0 = step // spe
+            if epoch0 != perm_epoch:
+                perm_epoch, perm = epoch0, data_lib.epoch_permutation(config.seed, epoch0, n)
+            idx = perm[(step % spe) * bsz:(step % spe + 1) * bsz]
+            x = jax.device_put(train.images[idx], batch_sh)
+            y = jax.device_put(train.labels[idx], batch_sh)
+            state, metrics = train_step(state, t_vars, x, y, key, cfg=cfg)
+            acc.append(metrics)
+            done = step + 1
+            if done % int(config.log_every) == 0 or done == end:
+                host = jax.device_get(acc)
+                now = time.perf_counter()
+                row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+                row["lr"] = float(setup.schedule(step))
+                row["steps_per_sec"] = len(host) / max(now - t_log, 1e-9)
+                last = log.write(done, row, prefix="train")
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                acc, t_log = [], now
+            if done % spe == 0:
+                epoch = done // spe
+                ev = evaluate(cfg.student, student_vars(state), test,
+                              int(config.eval_batch_size), mesh)
+                meta["history"].append(ev["acc"])
+                if ev["acc"] > meta["best_acc"]:
+                    meta["best_acc"], meta["best_epoch"] = ev["acc"], epoch
+                    best_mngr.save(done, args=ocp.args.Composite(
+                        student=ocp.args.StandardSave(student_vars(state)),
+                        meta=ocp.args.JsonSave(dict(meta, step=done, epoch=epoch))),
+                        force=True)
+                log.write(done, {"acc": ev["acc"], "loss": ev["loss"],
+                                 "best_acc": meta["best_acc"], "epoch": epoch},
+                          prefix="test")
+                if epoch % int(config.checkpoint_every_epochs) == 0 or done == end:
+                    save(done, state, epoch)
+            elif done == end:
+                save(done, state, done / spe)
+            bar.update(1)
+    mngr.wait_until_finished()
+    mngr.close()
+    best_mngr.close()
+    return {"best_acc": meta["best_acc"], "best_epoch": meta["best_epoch"],
+            "last_acc": meta["history"][-1] if meta["history"] else None,
+            "epoch": end / spe, "step": end,
+            "train_loss": last.get("train/loss"), "wall_seconds": time.perf_counter() - t0,
+            "num_params": num_params, "steps_per_epoch": spe}
+
+
+def _main(config, workdir):
+    """The CLI's job: train, then print the result dict as one JSON line."""
+    result = train_and_evaluate(config, workdir)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    from jaxdiff.cli import run_job
+    run_job(_main, what="distillation config file (configs/kd/*.py)")
