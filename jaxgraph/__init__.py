@@ -1,0 +1,13 @@
+"""jaxgraph: knowledge-graph embedding with CSD self-distillation, and Jraph GNNs with
+Online Adversarial Distillation.
+
+    from jaxgraph import kg_data, kge_models, ranking     # link prediction
+    from jaxgraph import planetoid, gnn, oad              # node classification
+
+Entry points: ``python -m jaxgraph.kge``, ``python -m jaxgraph.train`` (one GNN) and
+``python -m jaxgraph.oad``, each with ``--config=... --workdir=...``.
+"""
+from jaxgraph import csd, gnn, graphs, kg_data, kge_models, planetoid, ranking
+
+__all__ = ["csd", "gnn", "graphs", "kg_data", "kge_models", "planetoid", "ranking"]
+__version__ = "0.1.0"
