@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-fashion test bench install clean fashion-data
+.PHONY: demo demo-fashion test bench bench-deps tables install clean fashion-data
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -25,18 +25,36 @@ demo-fashion: $(STAMP) fashion-data
 	$(VPY) -m jaxdiff.bench --config=configs/bench_fashion_mnist.py --workdir=runs/fashion
 
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(VPY) -m pytest -q tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(VPY) -m pytest -q -n auto tests
 
-# The peer, installed light: PyPI's Linux torch wheel pulls ~3 GB of CUDA libraries, so a
+# The peers, installed light: PyPI's Linux torch wheel pulls ~3 GB of CUDA libraries, so a
 # CPU-only torch wheel is taken first when pip finds one without an index (find-links);
 # otherwise PyPI's default. k-diffusion comes without its training/evaluation deps
 # (torchvision, clip, wandb, ...): its samplers need only the packages listed here.
-bench: $(STAMP)
+# Each benchmark runs our code and the peer in one process; results land in
+# benchmarks/results/ (JSON + Markdown).
+bench-deps: $(STAMP)
 	$(VPY) -m pip install --quiet --no-index --no-deps 'torch>=2.3' 2>/dev/null \
 	  || echo "bench: no local CPU-only torch wheel; installing PyPI's default torch"
-	$(VPY) -m pip install --quiet 'torch>=2.3' torchsde torchdiffeq safetensors scipy tqdm pillow
+	$(VPY) -m pip install --quiet 'torch>=2.3' torchsde torchdiffeq safetensors scipy tqdm pillow \
+	  'pykeen>=1.10' 'torch_geometric>=2.5'
 	$(VPY) -m pip install --quiet --no-deps 'k-diffusion>=0.1.1'
+
+bench: bench-deps
 	$(VPY) -m benchmarks.kdiffusion_vs_jaxdiff --out=benchmarks/results/kdiffusion.json
+	$(VPY) -m benchmarks.kd_step_torch --out=benchmarks/results/kd_step.json
+	$(VPY) -m benchmarks.kge_vs_pykeen --models=distmult,transe --dim=32 --train_steps=20 --epochs=2
+	$(VPY) -m benchmarks.gnn_vs_pyg --threads=1
+
+# The measured tables of the README (long CPU jobs; each resumes finished cells).
+tables: $(STAMP) fashion-data
+	$(VPY) -m jaxdiff.guide --config=configs/guide_digits.py --workdir=runs/guide_digits --config.publish=True
+	$(VPY) -m jaxdiff.detect --config=configs/detect_digits.py --workdir=runs/detect_digits
+	$(VPY) -m benchmarks.kd_fashion --workdir=runs/kd_fashion --out=benchmarks/results/kd_fashion.json
+	$(VPY) -m jaxkd.kt --config=configs/kd/kt.py:cpu --workdir=runs/kt_cpu
+	$(VPY) -m benchmarks.kge_table --data=wn18rr --dims=32,64 --seeds=0 --epochs=5
+	$(VPY) -m benchmarks.kge_table --report
+	$(VPY) -m benchmarks.oad_table --workdir=runs/oad_table
 
 clean:
 	rm -rf $(VENV) runs
