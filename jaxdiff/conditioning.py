@@ -2,13 +2,13 @@
 reconstruction and SDEdit (reference survey: sec. 10 "conditional correction" and
 "inversion").
 
-These mechanisms change the sampling loop itself, not the denoiser, so they run their
-own ``lax.scan`` over the steps of a *single-step* solver from :mod:`jaxdiff.solvers`
-(``euler``/``ddim``, ``heun``, ``dpm2``). Multistep solvers are not offered: the
-replacement of the known region (inpainting) invalidates their history, and their
-coefficients assume a decreasing schedule (inversion). Single-step updates are plain
-quadratures of dx/dsigma = (x - D(x; sigma)) / sigma between two noise levels, so they
-are valid in either direction of sigma.
+These mechanisms change the sampling loop itself, not the denoiser. Inpainting and SDEdit
+run their own ``lax.scan`` over the steps of a *single-step* solver from
+:mod:`jaxdiff.solvers` (``euler``/``ddim``, ``heun``, ``dpm2``): the replacement of the
+known region invalidates a multistep solver's history. Inversion and reconstruction take
+any solver: :func:`jaxdiff.sampling.integrate` runs the solver's update rule on an
+increasing schedule (every solver's coefficients depend only on the sigma increments;
+the upward integration converges with the solver's sampling order, tested).
 
 Units: x and sigma are in data units (EDM: x_sigma = x_0 + sigma * eps).
 """
@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxdiff import schedules
 from jaxdiff import solvers as solvers_lib
-from jaxdiff.sampling import _split_denoiser, sample, validate_sigmas
+from jaxdiff.sampling import _split_denoiser, integrate, sample, validate_sigmas
 from jaxdiff.solvers.base import model_evaluator
 
 __all__ = ["inpaint", "invert", "reconstruct", "sdedit", "SINGLE_STEP_SOLVERS"]
@@ -173,38 +173,19 @@ def inpaint(denoise_fn: Callable, x_T, sigmas, known, mask, *, key, solver: str 
 
 
 # ------------------------------------------------------------------- inversion
-@functools.partial(jax.jit, static_argnames=("fn_def", "solver", "options"))
-def _invert_jit(fn_leaves, x, sigmas_up, *, fn_def, solver, options):
-    model = _model(_unsplit(fn_def, fn_leaves))
-    evaluate = model_evaluator(model)
-    slv = solvers_lib.get(solver, **dict(options))
-    num_steps = sigmas_up.shape[0]
-    coeffs = jnp.zeros((num_steps - 1, 0), sigmas_up.dtype)   # single-step: none used
-
-    def body(x, inp):
-        s, s_next, c = inp
-        x, _, _ = slv.step(evaluate, model, x, slv.init(evaluate, model, x, s), s, s_next, c,
-                           is_last=False, num_steps=num_steps)
-        return x, None
-
-    x, _ = jax.lax.scan(body, x, (sigmas_up[:-1], sigmas_up[1:], coeffs))
-    return x
-
-
 def invert(denoise_fn: Callable, x0, sigmas_up, *, solver: str = "euler", **options):
     """ODE inversion: integrate the probability-flow ODE upwards, sigma_min -> sigma_max.
 
     ``x0`` is taken as the state at ``sigmas_up[0]`` (a clean image at sigma_min) and
-    carried to ``sigmas_up[-1]``; with ``solver="euler"`` this is DDIM inversion. Only
-    the single-step solvers (:data:`SINGLE_STEP_SOLVERS`) are supported: their steps are
-    valid for increasing sigma. For a sampling schedule ``sigmas`` (decreasing) pass
-    ``sigmas[::-1]``.
+    carried to ``sigmas_up[-1]`` by any solver of :mod:`jaxdiff.solvers` (its update
+    rule on increasing sigmas, no AFS); ``solver="euler"`` is DDIM inversion. For a
+    sampling schedule ``sigmas`` (decreasing) pass ``sigmas[::-1]``.
 
     Args:
       denoise_fn: ``D(x (B, ...), sigma (B,)) -> (B, ...)``.
       x0: (B, ...) data (the state at ``sigmas_up[0]``).
       sigmas_up: (N,) strictly increasing positive noise levels.
-      solver: "euler", "heun" or "dpm2".
+      solver: a solver name ("euler", "heun", "dpm2", "ipndm", "dpmpp", "unipc", ...).
       **options: solver options.
 
     Returns:
@@ -212,14 +193,13 @@ def invert(denoise_fn: Callable, x0, sigmas_up, *, solver: str = "euler", **opti
 
     Raises:
       ValueError: non-increasing/non-positive sigmas_up (the message names the first
-        bad entry), unsupported solver, bad x0 or denoiser output shape.
+        bad entry), unknown solver or options, bad x0 or denoiser output shape.
     """
     validate_sigmas(sigmas_up, name="sigmas_up", increasing=True)
-    _single_step(solver, options)
+    solvers_lib.get(solver, **options)
     x0 = _as_x("x0", x0)
     _check_denoiser(denoise_fn, x0)
-    return _with_denoiser(_invert_jit, denoise_fn, x0, jnp.asarray(sigmas_up, x0.dtype),
-                          solver=solver, options=tuple(sorted(options.items())))
+    return integrate(denoise_fn, x0, sigmas_up, solver=solver, **options)
 
 
 def reconstruct(denoise_fn: Callable, x0, sigmas, *, solver: str = "euler", **options):
@@ -232,7 +212,7 @@ def reconstruct(denoise_fn: Callable, x0, sigmas, *, solver: str = "euler", **op
       denoise_fn: ``D(x (B, ...), sigma (B,)) -> (B, ...)``.
       x0: (B, ...) data.
       sigmas: (N,) strictly decreasing sampling schedule (sigma_max ... sigma_min).
-      solver: "euler", "heun" or "dpm2".
+      solver: any solver name (see :func:`invert`).
       **options: solver options.
 
     Returns:

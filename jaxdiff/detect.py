@@ -11,7 +11,7 @@ A detector is a *transform* (images -> features or maps; jitted) followed by a *
 the state a pytree). Built-in detectors:
 
   :func:`dire_detector`       DIRE-style: error map |x - reconstruct(x)| of ODE inversion
-                              and regeneration with any denoiser and single-step solver,
+                              and regeneration with any denoiser and solver,
                               reduced to log-error statistics + its radial spectrum, with
                               a logistic-regression head (``head="cnn"``: the CNN on the
                               log error map instead).
@@ -247,7 +247,7 @@ def dire_detector(denoise_fn: Callable, sigmas, *, solver: str = "euler",
         ``jaxdiff.unet.make_denoiser(model, params)``).
       sigmas: (S,) decreasing schedule of the inversion/regeneration (see
         :func:`dire_error`).
-      solver: single-step solver "euler" (DDIM), "heun" or "dpm2".
+      solver: any solver name ("euler" = DDIM, "heun", "ipndm", "dpmpp", ...).
       head: "logistic" on :func:`dire_features`, or "cnn" on the log error map
         ``log(error + 1e-3)``.
       batch_size: reconstruction chunk size (0: all at once).
@@ -257,10 +257,10 @@ def dire_detector(denoise_fn: Callable, sigmas, *, solver: str = "euler",
     Raises:
       ValueError: bad sigmas, solver or head (checked here, before any computation).
     """
-    from jaxdiff import conditioning
     from jaxdiff.sampling import validate_sigmas
     validate_sigmas(sigmas)
-    conditioning._single_step(solver, {})
+    from jaxdiff import solvers
+    solvers.get(solver)
     sigmas = jnp.asarray(sigmas)
 
     def error(images):

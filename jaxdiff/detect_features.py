@@ -115,7 +115,7 @@ def dire_error(denoise_fn: Callable, images, sigmas, *, solver: str = "euler",
       denoise_fn: ``D(x (B, H, W, C), sigma (B,))``.
       images: (N, H, W, C) in [-1, 1].
       sigmas: (S,) strictly decreasing sampling schedule.
-      solver: "euler", "heun" or "dpm2" (single-step; see jaxdiff.conditioning).
+      solver: any solver name (see jaxdiff.conditioning.invert).
       batch_size: process in chunks of this size (0: all at once).
       **options: solver options.
     """

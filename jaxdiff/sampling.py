@@ -126,6 +126,22 @@ def _run_jit(x, sigmas, fn_leaves, *, fn_def, solver, options, afs, denoise_to_z
                 denoise_to_zero, return_trajectory)
 
 
+def integrate(denoise_fn: Callable, x, sigmas, *, solver: str, **options):
+    """The solver's update rule along ``sigmas`` in either direction, without AFS.
+
+    The driver of :func:`sample` without its checks on ``sigmas`` (the caller validates
+    them): :func:`jaxdiff.conditioning.invert` runs it on increasing sigmas. Every
+    solver's coefficients are functions of the (log-)sigma increments, so the same
+    updates integrate the ODE upwards with the same convergence order (tested).
+    """
+    _check_solver(solver, tuple(sorted(options.items())))
+    fn_def, fn_leaves = _split_denoiser(denoise_fn)
+    x_final, _, _ = _run_jit(x, jnp.asarray(sigmas, x.dtype), fn_leaves, fn_def=fn_def,
+                             solver=solver, options=tuple(sorted(options.items())),
+                             afs=False, denoise_to_zero=False, return_trajectory=False)
+    return x_final
+
+
 def _split_denoiser(denoise_fn):
     """A pytree denoiser (e.g. ``jax.tree_util.Partial(apply, params)``) is split into its
     array leaves, traced so new parameters never recompile and large data never become

@@ -151,8 +151,8 @@ def test_bad_input_errors():
         detect.make_detector("x", lambda x: x, "svm")
     with pytest.raises(ValueError, match="unknown cnn head option"):
         detect.make_detector("x", lambda x: x, "cnn", depth=3)
-    with pytest.raises(ValueError, match="not supported.*euler"):
-        detect.dire_detector(lambda x, s: x, schedules.get("polynomial", 4), solver="ipndm")
+    with pytest.raises(ValueError, match="unknown solver 'rk45'"):
+        detect.dire_detector(lambda x, s: x, schedules.get("polynomial", 4), solver="rk45")
     with pytest.raises(ValueError, match="strictly decreasing"):
         detect.dire_detector(lambda x, s: x, jnp.array([1.0, 2.0]))
     with pytest.raises(ValueError, match="levels"):
