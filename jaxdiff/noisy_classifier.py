@@ -234,11 +234,6 @@ def _init_state(model, s, tx):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def _same(saved: dict, s: dict) -> bool:
-    return {k: v for k, v in saved.items() if k not in _NOT_SAVED} == \
-        {k: v for k, v in s.items() if k not in _NOT_SAVED}
-
-
 def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None, *,
           stop_at_step: int | None = None):
     """Trains a :class:`NoisyClassifier` (or loads/resumes it from ``workdir``).
@@ -272,18 +267,10 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
     if workdir is not None:
         mngr = runlog.checkpoint_manager(workdir, save_every=int(s["checkpoint_every"]),
                                          keep=2)
-        latest = mngr.latest_step()
-        if latest is not None:
-            saved = mngr.restore(latest, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore()))["meta"]
-            if not _same(saved["settings"], s):
-                mngr.close()
-                raise ValueError(f"{workdir!r} holds a noisy classifier trained with other "
-                                 f"settings ({saved['settings']}); use a new workdir")
-            target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            state = mngr.restore(latest, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target)))["state"]
-            start = int(latest)
+        state, start = runlog.resume(
+            mngr, state, {"settings": s}, what="noisy classifier (other settings)",
+            key=lambda m: {k: v for k, v in m["settings"].items() if k not in _NOT_SAVED},
+            workdir=workdir)
     end = int(s["num_steps"]) if stop_at_step is None else min(int(stop_at_step),
                                                                int(s["num_steps"]))
     images_d = jnp.asarray(images, jnp.float32)

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-__all__ = ["MetricsLog", "checkpoint_manager", "image_grid", "save_image_grid",
+__all__ = ["MetricsLog", "checkpoint_manager", "resume", "image_grid", "save_image_grid",
            "quiet_absl_logging"]
 
 
@@ -98,6 +98,48 @@ def checkpoint_manager(workdir: str, *, save_every: int = 0, keep: int | None = 
         enable_async_checkpointing=False, read_only=read_only, create=not read_only)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                  options=options)
+
+
+def _plain(tree):
+    """JSON round trip: tuples become lists, so saved and fresh metadata compare equal."""
+    return json.loads(json.dumps(tree))
+
+
+def resume(mngr, state, meta, *, key=None, what: str = "run", workdir: str = ""):
+    """Restores the latest checkpoint of ``mngr`` into ``state``'s structure.
+
+    Args:
+      mngr: a manager from :func:`checkpoint_manager` whose steps hold the Orbax items
+        ``state`` (StandardSave) and ``meta`` (JsonSave).
+      state: a pytree with the structure, shapes, dtypes and shardings to restore into;
+        returned unchanged when there is no checkpoint.
+      meta: this run's metadata; ``key(meta)`` must equal ``key(saved meta)``.
+      key: what must agree (default: the whole metadata).
+      what: named in the error ("model", "translator", ...).
+      workdir: named in the error.
+
+    Returns:
+      ``(state, start_step)``; start_step is 0 without a checkpoint.
+
+    Raises:
+      ValueError: the checkpoint belongs to another run (``mngr`` is closed first).
+    """
+    import jax
+    import orbax.checkpoint as ocp
+    step = mngr.latest_step()
+    if step is None:
+        return state, 0
+    key = key or (lambda m: m)
+    saved = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if _plain(key(saved)) != _plain(key(meta)):
+        mngr.close()
+        raise ValueError(f"{workdir!r} holds a checkpoint of a different {what} "
+                         f"({_plain(key(saved))}, asked for {_plain(key(meta))}); use a new "
+                         "workdir")
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))["state"]
+    return restored, int(step)
 
 
 def image_grid(images, cols: int = 0, value_range=(-1.0, 1.0)):

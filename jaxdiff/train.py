@@ -355,22 +355,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     cfg = loss_config(config)
     key = jax.random.PRNGKey(int(config.seed))
     mngr = _manager(workdir, config)
-    start = mngr.latest_step()
     meta = _model_meta(config)
-    if start is not None:
-        saved = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        if saved["meta"]["model"] != meta["model"]:
-            mngr.close()
-            raise ValueError(f"{workdir!r} holds a checkpoint of a different model "
-                             f"({saved['meta']['model']}); use a new workdir")
-
     params = unet.init(model, jax.random.fold_in(key, 1))
-    state = TrainState.create(params, tx)
-    if start is not None:
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = mngr.restore(start, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target)))["state"]
-    start = int(start or 0)
+    state, start = runlog.resume(mngr, TrainState.create(params, tx), meta, what="model",
+                                 key=lambda m: m["model"], workdir=workdir)
     # Same placement as TrainState.create: a resumed run reuses the compiled step.
     state = jax.device_put(state, _device())
     end = int(config.num_steps) if stop_at_step is None else min(int(stop_at_step),

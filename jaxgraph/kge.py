@@ -387,18 +387,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None
     meta = _meta(config, data)
     state = init_state(cfg, data.num_relations, tx, jax.random.fold_in(key, 1),
                        float(config.model.init_range))
-    start = mngr.latest_step()
-    if start is not None:
-        saved = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        if {k: saved["meta"][k] for k in ("model", "dataset", "csd")} != \
-                {k: meta[k] for k in ("model", "dataset", "csd")}:
-            mngr.close()
-            raise ValueError(f"{workdir!r} holds a checkpoint of a different run "
-                             f"({saved['meta']['model']}); use a new workdir")
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = mngr.restore(start, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target)))["state"]
-    start = int(start or 0)
+    state, start = runlog.resume(
+        mngr, state, meta, what="run", workdir=workdir,
+        key=lambda m: {k: m[k] for k in ("model", "dataset", "csd")})
     epochs = int(config.train.epochs)
     end = epochs if stop_at_epoch is None else min(epochs, int(stop_at_epoch))
     step_key = jax.random.fold_in(key, 2)

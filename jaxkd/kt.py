@@ -517,19 +517,9 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
                             params=params, opt_state=tx.init(params))
     mngr = runlog.checkpoint_manager(workdir, save_every=int(config.checkpoint_every),
                                      keep=int(config.keep_checkpoints))
-    start = mngr.latest_step()
     meta = _meta(config)
-    if start is not None:
-        saved = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        if json.loads(json.dumps(saved["meta"]["translator"])) != json.loads(
-                json.dumps(meta["translator"])):
-            mngr.close()
-            raise ValueError(f"{workdir!r} holds a checkpoint of a different translator "
-                             f"({saved['meta']['translator']}); use a new workdir")
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = mngr.restore(start, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target)))["state"]
-    start = int(start or 0)
+    state, start = runlog.resume(mngr, state, meta, what="translator", workdir=workdir,
+                                 key=lambda m: m["translator"])
     end = epochs if stop_at_epoch is None else min(int(stop_at_epoch), epochs)
     evals = []
     bsz = int(config.eval_batch_size)
