@@ -384,7 +384,9 @@ def run_oad(config, workdir: str) -> dict:
     step = jax.jit(jax.vmap(oad.step, in_axes=(0, None, 0)), donate_argnums=(0,))
     epochs = config.warmup_epochs + config.okd_epochs
 
-    mngr, state, start = open_checkpoints(workdir, state, config.checkpoint_every)
+    meta = {"dataset": config.dataset, "students": list(config.students),
+            "seeds": [int(s) for s in seeds]}
+    mngr, state, start = open_checkpoints(workdir, state, config.checkpoint_every, meta)
     t0 = time.time()
     with MetricsLog(workdir, start_step=start) as log:
         bar = tqdm(range(start, epochs), disable=not config.progress,
@@ -403,9 +405,7 @@ def run_oad(config, workdir: str) -> dict:
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == epochs:
                 mngr.save(epoch + 1, args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
-                    meta=ocp.args.JsonSave({"dataset": config.dataset,
-                                            "students": list(config.students),
-                                            "seeds": [int(s) for s in seeds]})))
+                    meta=ocp.args.JsonSave(meta)))
     mngr.close()
     result = {"dataset": config.dataset, "students": list(config.students),
               "seeds": [int(s) for s in seeds], "warmup_epochs": config.warmup_epochs,

@@ -197,20 +197,15 @@ def init_state(model, tx, task: NodeTask, key) -> TrainState:
                       opt_state=tx.init(params), selection=Selection.create())
 
 
-def open_checkpoints(workdir: str, state, save_every: int):
+def open_checkpoints(workdir: str, state, save_every: int, meta: dict):
     """Opens ``workdir/checkpoints`` (keeps 2); returns (manager, state, start epoch),
-    the state restored from the latest checkpoint when there is one."""
-    import orbax.checkpoint as ocp
-
-    from jaxdiff.runlog import checkpoint_manager
+    the state restored from the latest checkpoint when there is one. A checkpoint whose
+    ``meta`` differs (another data set or model) is an error (:func:`runlog.resume`)."""
+    from jaxdiff import runlog
     os.makedirs(workdir, exist_ok=True)
-    mngr = checkpoint_manager(workdir, save_every=save_every, keep=2)
-    start = mngr.latest_step()
-    if start is None:
-        return mngr, state, 0
-    restored = mngr.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state)))
-    return mngr, restored.state, int(start)
+    mngr = runlog.checkpoint_manager(workdir, save_every=save_every, keep=2)
+    state, start = runlog.resume(mngr, state, meta, what="run", workdir=workdir)
+    return mngr, state, start
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -230,7 +225,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = init_state(model, tx, task, init_key)
     step = jax.jit(make_train_step(model, tx), donate_argnums=(0,))
 
-    mngr, state, start = open_checkpoints(workdir, state, config.checkpoint_every)
+    meta = {"dataset": config.dataset, "arch": config.model.arch}
+    mngr, state, start = open_checkpoints(workdir, state, config.checkpoint_every, meta)
     with MetricsLog(workdir, start_step=start) as log:
         bar = tqdm(range(start, config.epochs), disable=not config.progress,
                    desc=f"{config.model.arch}/{config.dataset}")
@@ -245,8 +241,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
                 mngr.save(epoch + 1, args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
-                    meta=ocp.args.JsonSave({"dataset": config.dataset,
-                                            "arch": config.model.arch})))
+                    meta=ocp.args.JsonSave(meta)))
     mngr.close()
     sel = jax.device_get(state.selection)
     result = {"dataset": config.dataset, "arch": config.model.arch, "seed": config.seed,
