@@ -69,6 +69,7 @@ class Method:
 
 def ce_plus_kd(opts, ctx: Context, kd):
     """``opts.ce_weight * CE(s_logits, labels) + opts.kd_weight * kd`` and its metrics
-    {"ce", "kd"}: the total of every logit-only method (kd, aver, ebkd)."""
+    {"ce", "kd"}: the total of every logit-only method (kd, aver, ebkd, aekd) and the
+    base of fitnet_mkd."""
     ce = jnp.mean(losses.cross_entropy(ctx.s_logits, ctx.labels))
     return opts.ce_weight * ce + opts.kd_weight * kd, {"ce": ce, "kd": kd}

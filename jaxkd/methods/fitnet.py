@@ -25,13 +25,23 @@ class Hint(nn.Module):
         return ConvReg(self.out_shape)(feats[self.index], train)
 
 
-def make_connector(opts, s_shapes, t_shapes, num_teachers):
-    del s_shapes, num_teachers
+def hint_target(opts, t_shapes):
+    """(index, (h, w, C_t)) of the teacher map at ``opts.hint_layer`` (shared with
+    fitnet_mkd).
+
+    Raises:
+      ValueError: the hint layer is out of range or not a spatial map.
+    """
     i = int(opts.hint_layer)
     if not -len(t_shapes) <= i < len(t_shapes) or len(t_shapes[i]) != 3:
-        raise ValueError(f"fitnet hint_layer={i} is not a spatial feature map; the "
+        raise ValueError(f"{opts.name} hint_layer={i} is not a spatial feature map; the "
                          f"teacher's features have shapes {list(t_shapes)}")
-    return Hint(i, tuple(t_shapes[i]))
+    return i, tuple(t_shapes[i])
+
+
+def make_connector(opts, s_shapes, t_shapes, num_teachers):
+    del s_shapes, num_teachers
+    return Hint(*hint_target(opts, t_shapes))
 
 
 def loss(opts, ctx: Context):

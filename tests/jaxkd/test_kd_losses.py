@@ -85,6 +85,65 @@ def test_aver_and_ebkd_hand_values():
                                (w * kl).sum() / 4, rtol=1e-12)
 
 
+def _sklearn_weights(gram, nu):
+    """CA-MKD's ``find_optimal_svm`` (no --svm_norm): sklearn's dual_coef_ / (K nu)."""
+    from sklearn.svm import OneClassSVM
+    svm = OneClassSVM(kernel="precomputed", nu=nu, tol=1e-6).fit(gram)
+    k = gram.shape[0]
+    np.testing.assert_allclose(svm.dual_coef_.sum(), nu * k, rtol=1e-6)   # libsvm scaling
+    w = np.zeros(k)
+    w[svm.support_] = svm.dual_coef_[0] / (k * nu)
+    return w
+
+
+def test_one_class_svm_weights_hand_values_and_sklearn():
+    solve = jax.jit(losses.one_class_svm_weights, static_argnums=2)
+    # Opposite gradients cancel at (1/2, 1/2); orthogonal ones of norms 1 and 2 would take
+    # (0.8, 0.2) but the cap 1 / (nu K) = 0.6 binds.
+    np.testing.assert_allclose(solve(jnp.array([[1.0, -1.0], [-1.0, 1.0]]), 1 / 1.2, 200),
+                               [0.5, 0.5], atol=1e-12)
+    np.testing.assert_allclose(solve(jnp.array([[1.0, 0.0], [0.0, 4.0]]), 1 / 1.0, 200),
+                               [0.5, 0.5], atol=1e-12)             # nu = 1: all at the cap
+    np.testing.assert_allclose(solve(jnp.array([[1.0, 0.0], [0.0, 4.0]]), 1 / 1.2, 200),
+                               [0.6, 0.4], atol=1e-12)
+    rng = np.random.default_rng(0)
+    for k, d, common in [(3, 10, 0.0), (3, 100, 1.0), (4, 3, 1.0), (5, 20, 0.0),
+                         (5, 100, 1.0)]:
+        v = common * rng.normal(size=(1, d)) + rng.normal(size=(k, d)) * rng.uniform(
+            0.2, 1.0, size=(k, 1))
+        gram = v @ v.T
+        nu = 1 / (0.6 * k)
+        want = _sklearn_weights(gram, nu)
+        got = np.asarray(solve(jnp.asarray(gram), nu, 200))
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert abs(got.sum() - 1) < 1e-12 and got.min() >= 0 and got.max() <= 0.6 + 1e-12
+
+
+def test_aekd_weights_and_loss_hand_values():
+    # Three teachers on the 2-sample batch; teacher 2 nearly repeats teacher 0.
+    tl = np.stack([Z_T, np.array([[0.0, 3.0, 0.0], [0.0, 0.0, 0.1]]), Z_T + 0.1 * Z_S])
+    t = 4.0
+    ps, pt = _softmax(Z_S / t), _softmax(tl / t)
+    g = (t / 2) * (ps[None] - pt)                              # d KD_k / d z_s, (K, B, C)
+    gm = g.mean(1)                                             # (K, C)
+    w = _sklearn_weights(gm @ gm.T, 1 / (0.6 * 3))
+    got = losses.aekd_weights(jnp.asarray(Z_S), jnp.asarray(tl), t, 0.6)
+    np.testing.assert_allclose(got, w, atol=1e-4)
+    # --svm_norm: unit gradients in G, then w / |g| renormalised.
+    n = np.linalg.norm(gm, axis=1)
+    wn = _sklearn_weights((gm / n[:, None]) @ (gm / n[:, None]).T, 1 / (0.6 * 3)) / n
+    got_n = losses.aekd_weights(jnp.asarray(Z_S), jnp.asarray(tl), t, 0.6, normalize=True)
+    np.testing.assert_allclose(got_n, wn / wn.sum(), atol=1e-4)
+    # Loss: sum_k w_k mean_i KL_ki; its gradient treats w as a constant.
+    kl = (pt * np.log(pt / ps[None])).sum(-1) * t * t          # (K, B)
+    f = lambda z: losses.aekd_kd_loss(z, jnp.asarray(tl), t, 0.6)
+    loss, w_used = f(jnp.asarray(Z_S))
+    np.testing.assert_allclose(loss, (np.asarray(w_used) * kl.mean(1)).sum(), rtol=1e-12)
+    grad = jax.grad(lambda z: f(z)[0])(jnp.asarray(Z_S))
+    np.testing.assert_allclose(grad, np.einsum("k,kbc->bc", np.asarray(w_used), g),
+                               rtol=1e-10, atol=1e-14)
+
+
 def test_dskd_layer_weights_rules():
     l = np.array([1.0, 3.0])
     np.testing.assert_allclose(losses.dskd_layer_weights(jnp.asarray(l), "proportional"),

@@ -52,8 +52,10 @@ def _opts(name, **kw):
 
 
 def test_registry_and_bad_name():
-    assert set(methods.METHODS) == {"ce", "kd", "fitnet", "dskd", "camkd", "aver", "ebkd"}
-    with pytest.raises(ValueError, match="aver, camkd, ce, dskd, ebkd, fitnet, kd"):
+    assert set(methods.METHODS) == {"ce", "kd", "fitnet", "dskd", "camkd", "aver", "ebkd",
+                                    "fitnet_mkd", "aekd"}
+    with pytest.raises(ValueError,
+                       match="aekd, aver, camkd, ce, dskd, ebkd, fitnet, fitnet_mkd, kd"):
         methods.get("crd")
 
 
@@ -83,6 +85,61 @@ def test_aver_and_ebkd_totals():
     w = 1 - ent / ent.sum(0)
     loss, _ = methods.get("ebkd").loss(_opts("ebkd"), _ctx())
     np.testing.assert_allclose(loss, ce + (w * kl).sum() / (B * K), rtol=1e-12)
+
+
+def test_fitnet_mkd_total_first_epoch_and_detach():
+    h = RNG.normal(size=T_FEATS[2].shape)                      # (K, B, 4, 4, C)
+    ce = _ce(S_LOGITS, LABELS).mean()
+    kd = np.stack([_kl(S_LOGITS, t) for t in T_LOGITS]).mean()
+    hint = np.mean([((h[k] - T_FEATS[2][k]) ** 2).mean() for k in range(K)])
+    f = lambda x, epoch=2, **kw: methods.get("fitnet_mkd").loss(
+        _opts("fitnet_mkd", **kw), _ctx(x, epoch))
+    for epoch, want in ((1, ce + kd), (2, ce + kd + 100 * hint)):
+        loss, m = f(jnp.asarray(h), epoch)
+        np.testing.assert_allclose(loss, want, rtol=1e-12)
+        np.testing.assert_allclose(m["hint"], hint, rtol=1e-12)
+    # Gradient into the regressor outputs: 100 * 2 (h - f) / (K B h w C); none with the
+    # reference's detached hint (same loss value).
+    g = jax.grad(lambda x: f(x)[0])(jnp.asarray(h))
+    np.testing.assert_allclose(g, 100 * 2 * (h - T_FEATS[2]) / h.size, rtol=1e-10)
+    loss_d, _ = f(jnp.asarray(h), detach_hint=True)
+    np.testing.assert_allclose(loss_d, ce + kd + 100 * hint, rtol=1e-12)
+    assert not np.any(np.asarray(jax.grad(lambda x: f(x, detach_hint=True)[0])(
+        jnp.asarray(h))))
+
+
+def test_fitnet_mkd_connector():
+    """K regressors reg_0..reg_{K-1} of f_s[2] stacked (K, B, h, w, C_t); bad hint layer."""
+    s_shapes = [f.shape[1:] for f in S_FEATS]
+    t_shapes = [(2, 2, 7) if i == 2 else f.shape[2:] for i, f in enumerate(T_FEATS)]
+    mod = methods.get("fitnet_mkd").make_connector(_opts("fitnet_mkd"), s_shapes,
+                                                   t_shapes, K)
+    feats = [jax.ShapeDtypeStruct(f.shape, jnp.float32) for f in S_FEATS]
+    v = jax.eval_shape(lambda a: mod.init(jax.random.PRNGKey(0), a, train=False), feats)
+    assert sorted(v["params"]) == [f"reg_{k}" for k in range(K)]
+    y = jax.eval_shape(lambda v, a: mod.apply(v, a, train=False), v, feats)
+    assert y.shape == (K, B, 2, 2, 7)
+    with pytest.raises(ValueError, match="fitnet_mkd hint_layer=4"):
+        methods.get("fitnet_mkd").make_connector(_opts("fitnet_mkd", hint_layer=4),
+                                                 s_shapes, t_shapes, K)
+
+
+def test_aekd_total_matches_sklearn_weights():
+    from sklearn.svm import OneClassSVM
+    t = 4.0
+    ps, pt = _softmax(S_LOGITS / t), _softmax(T_LOGITS / t)
+    gm = ((t / B) * (ps[None] - pt)).mean(1)                   # (K, C) batch-mean KD grads
+    nu = 1 / (0.6 * K)
+    svm = OneClassSVM(kernel="precomputed", nu=nu, tol=1e-6).fit(gm @ gm.T)
+    w = np.zeros(K)
+    w[svm.support_] = svm.dual_coef_[0] / (K * nu)
+    kl = np.stack([_kl(S_LOGITS, z) for z in T_LOGITS]).mean(1)
+    f = jax.jit(lambda zs, zt: methods.get("aekd").loss(
+        _opts("aekd"), _ctx()._replace(s_logits=zs, t_logits=zt)))       # jit-able
+    loss, m = f(jnp.asarray(S_LOGITS), jnp.asarray(T_LOGITS))
+    np.testing.assert_allclose([m[f"w_{k}"] for k in range(K)], w, atol=1e-4)
+    np.testing.assert_allclose(loss, _ce(S_LOGITS, LABELS).mean() + (w * kl).sum(),
+                               rtol=1e-4)
 
 
 def _camkd_numpy(h, epoch):

@@ -163,14 +163,14 @@ def test_bad_names_fail_early(datasets, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["teacher", "ce", "kd", "fitnet", "dskd", "camkd", "aver",
-                                  "ebkd"])
+                                  "ebkd", "fitnet_mkd", "aekd"])
 def test_configs_build(name):
     mod = importlib.import_module(f"configs.kd.{name}")
     assert "python -m jaxkd.train" in mod.__doc__
     for arg in ("", "fashion", "tiny,seed=2"):
         c = mod.get_config(arg)
         assert c.method.name == ("ce" if name == "teacher" else name)
-        if name in ("camkd", "aver", "ebkd"):
+        if name in ("camkd", "aver", "ebkd", "fitnet_mkd", "aekd"):
             assert len(c.teacher.workdirs) == 3
     assert mod.get_config("fashion").dataset == "fashion_mnist"
     assert mod.get_config("").optim.milestones == (150, 180, 210)
