@@ -38,7 +38,17 @@ def _wait_for(dirs, poll=15.0):
         time.sleep(poll)
 
 
-def _run(name, arg, workdir, teachers=None):
+def _override(config, overrides):
+    """Sets dotted keys ("optim.milestones") of a ConfigDict in place."""
+    for key, value in (overrides or {}).items():
+        *path, last = key.split(".")
+        node = config
+        for k in path:
+            node = node[k]
+        node[last] = value
+
+
+def _run(name, arg, workdir, teachers=None, overrides=None):
     from jaxkd import train
     if teachers:
         _wait_for(teachers)
@@ -48,6 +58,7 @@ def _run(name, arg, workdir, teachers=None):
             return json.load(f)
     config = importlib.import_module(f"configs.kd.{name}").get_config(arg)
     config.progress = False
+    _override(config, overrides)
     if teachers is not None:
         config.teacher.workdirs = tuple(teachers)
     t0 = time.perf_counter()
@@ -110,6 +121,12 @@ def main():
                    help="only print the markdown table of --out")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="student methods to run (a subset: a partial table)")
+    p.add_argument("--student_epochs", type=int, default=0,
+                   help="0: the :fashion config's (1); else students train this many epochs")
+    p.add_argument("--student_milestones", default="",
+                   help="comma-separated epochs after which the student lr drops x0.1")
+    p.add_argument("--hardware", default="2 CPU cores",
+                   help="what the table ran on, as written into the results")
     p.add_argument("--collect", action="store_true",
                    help="train nothing: tabulate the finished runs (result.json) found "
                         "under --workdir, with the number of seeds per row")
@@ -125,6 +142,11 @@ def main():
     from jaxdiff.runlog import quiet_absl_logging
     quiet_absl_logging()
     seeds = [int(s) for s in a.seeds.split(",")]
+    student = {}
+    if a.student_epochs:
+        student["num_epochs"] = a.student_epochs
+    if a.student_milestones:
+        student["optim.milestones"] = tuple(int(e) for e in a.student_milestones.split(","))
     runs = {}
     if a.collect:
         for k in [f"{m}_s{s}" for m in ("teacher",) + todo for s in seeds]:
@@ -142,7 +164,7 @@ def main():
             # CA-MKD: the three teachers of seeds 0, 1, 2 whatever --seeds says.
             teachers = all_t if m == "camkd" else ([d] if m != "ce" else None)
             runs[f"{m}_s{s}"] = _run(m, f"fashion,seed={s}",
-                                     os.path.join(a.workdir, f"{m}_s{s}"), teachers)
+                                     os.path.join(a.workdir, f"{m}_s{s}"), teachers, student)
     table = {}
     for m in ("teacher",) + todo:
         rs = [runs[f"{m}_s{s}"] for s in seeds if f"{m}_s{s}" in runs]
@@ -154,9 +176,13 @@ def main():
     from configs.kd import teacher
     c, ct = importlib.import_module("configs.kd.kd").get_config("fashion"), \
         teacher.get_config("fashion")
+    _override(c, student)
     out = {
         "command": "nice -n 5 .venv/bin/python -m benchmarks.kd_fashion "
                    f"--workdir={a.workdir} --out={a.out} --seeds={a.seeds}"
+                   + (f" --student_epochs={a.student_epochs}" if a.student_epochs else "")
+                   + (f" --student_milestones={a.student_milestones}"
+                      if a.student_milestones else "")
                    + (" --collect" if a.collect else ""),
         "budget": {"dataset": c.dataset, "train_images": c.max_train,
                    "test_images": c.max_test, "teacher": ct.student,
@@ -164,7 +190,7 @@ def main():
                    "student_epochs": c.num_epochs, "batch_size": c.batch_size,
                    "lr": c.optim.lr, "student_milestones": list(c.optim.milestones),
                    "teacher_milestones": list(ct.optim.milestones),
-                   "hardware": "2 shared CPU cores (other jobs running)",
+                   "hardware": a.hardware,
                    "wall_seconds": _wall(a.workdir, runs),
                    "sum_of_run_seconds": sum(r["total_seconds"] for r in runs.values())},
         "seeds": seeds, "table_percent": table, "runs": runs,

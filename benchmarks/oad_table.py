@@ -27,7 +27,10 @@ PLAN = ([("cora", "gcn", v, "") for v in VARIANTS]
         + [("citeseer", "gcn", v, "") for v in VARIANTS]
         + [("cora", "gcn", v, "code") for v in ("alone", "oad")]
         + [(d, "sage", v, "") for d in ("cora", "citeseer") for v in ("alone", "oad")]
-        + [(d, "gat", v, "") for d in ("cora", "citeseer") for v in ("alone", "oad")])
+        + [(d, "gat", v, "") for d in ("cora", "citeseer") for v in ("alone", "oad")]
+        + [(d, "mix", v, "") for d in ("cora", "citeseer") for v in ("oad", "nolocal", "noglobal")]
+        + [(d, "sage", v, "") for d in ("cora", "citeseer") for v in ("nolocal", "noglobal")]
+        + [(d, "gat", v, "") for d in ("cora", "citeseer") for v in ("nolocal", "noglobal")])
 PUBLISHED = {"gcn": {"cora": 81.5, "citeseer": 70.3}, "gat": {"cora": 83.0, "citeseer": 72.5}}
 
 
@@ -53,15 +56,33 @@ def run_cell(workdir, d, a, v, extra, seeds):
     return res
 
 
+def students_label(r):
+    """``gcn×4`` for a uniform group, ``gcn+sage+gcn+sage`` for a mixed one."""
+    st = r["students"]
+    return f"{st[0]}×{len(st)}" if len(set(st)) == 1 else "+".join(st)
+
+
+def per_arch(r):
+    """Mean test accuracy (%) of each architecture's students in a mixed group."""
+    st = r["students"]
+    if len(set(st)) == 1 or "per_seed" not in r:
+        return ""
+    import numpy as np
+    test = np.asarray(r["per_seed"]["student_test"])          # (seeds, students)
+    return ", ".join(f"{a} {100 * test[:, [i for i, s in enumerate(st) if s == a]].mean():.1f}"
+                     for a in dict.fromkeys(st))
+
+
 def table(results):
     lines = ["| data | students | variant | mean student | best student (by val) | "
-             "max over students (as coded) | seeds | wall s |", "|" + "---|" * 8]
+             "max over students (as coded) | per architecture | seeds | wall s |",
+             "|" + "---|" * 9]
     for r in results:
         s = r["stats"]
         fmt = lambda k: f"{100 * s[k]['mean']:.1f} ± {100 * s[k]['std']:.1f}"  # noqa: E731
-        lines.append(f"| {r['dataset']} | {r['students'][0]}×{len(r['students'])} | "
+        lines.append(f"| {r['dataset']} | {students_label(r)} | "
                      f"{r['variant']} | {fmt('mean_student')} | {fmt('best_student')} | "
-                     f"{fmt('max_student_coded')} | {s['mean_student']['n']} | "
+                     f"{fmt('max_student_coded')} | {per_arch(r)} | {s['mean_student']['n']} | "
                      f"{r.get('wall_seconds', float('nan')):.0f} |")
     return "\n".join(lines)
 
@@ -71,8 +92,8 @@ def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    names = [f"{r['dataset']}\n{r['students'][0]} {r['variant']}" for r in results]
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.42 * len(results)), 3.6))
+    names = [f"{r['dataset']}\n{students_label(r)}\n{r['variant']}" for r in results]
     means = [100 * r["stats"]["mean_student"]["mean"] for r in results]
     stds = [100 * r["stats"]["mean_student"]["std"] for r in results]
     ax.bar(range(len(results)), means, yerr=stds, capsize=3,
