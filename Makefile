@@ -44,15 +44,17 @@ bench: bench-deps
 	$(VPY) -m benchmarks.kdiffusion_vs_jaxdiff --out=benchmarks/results/kdiffusion.json
 	$(VPY) -m benchmarks.kd_step_torch --out=benchmarks/results/kd_step.json
 	$(VPY) -m benchmarks.kge_vs_pykeen --models=distmult,transe --dim=32 --train_steps=20 --epochs=2
+	$(VPY) -m benchmarks.kge_eval_time --dims=32,64
 	$(VPY) -m benchmarks.gnn_vs_pyg --threads=1
 
 # The measured tables of the README (long CPU jobs; each resumes finished cells).
 tables: $(STAMP) fashion-data
 	$(VPY) -m jaxdiff.guide --config=configs/guide_digits.py --workdir=runs/guide_digits --config.publish=True
 	$(VPY) -m jaxdiff.detect --config=configs/detect_digits.py --workdir=runs/detect_digits
-	$(VPY) -m benchmarks.kd_fashion --workdir=runs/kd_fashion --out=benchmarks/results/kd_fashion.json
+	$(VPY) -m benchmarks.kd_fashion --workdir=runs/kd_fashion_e3 --out=benchmarks/results/kd_fashion_e3.json --student_epochs=3 --student_milestones=2
 	$(VPY) -m jaxkd.kt --config=configs/kd/kt.py:cpu --workdir=runs/kt_cpu
-	$(VPY) -m benchmarks.kge_table --data=wn18rr --dims=32,64 --seeds=0 --epochs=5
+	$(VPY) -m benchmarks.kge_table --data=wn18rr --dims=32 --seeds=0,1,2 --epochs=20 --select_lr=0.001,0.003,0.01,0.03 --tag=_e20
+	$(VPY) -m benchmarks.kge_table --data=wn18rr --dims=64 --seeds=0,1,2 --epochs=20 --select_lr=0.001,0.003,0.01,0.03 --tag=_e20
 	$(VPY) -m benchmarks.kge_table --report
 	$(VPY) -m benchmarks.oad_table --workdir=runs/oad_table
 

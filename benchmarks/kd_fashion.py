@@ -1,13 +1,14 @@
 """Distillation table on offline Fashion-MNIST (CPU-sized; see docs/jaxkd.md).
 
-    nice -n 5 .venv/bin/python -m benchmarks.kd_fashion --workdir=runs/kd_fashion \
-        --out=benchmarks/results/kd_fashion.json
+    nice -n 5 .venv/bin/python -m benchmarks.kd_fashion --workdir=runs/kd_fashion_e3 \
+        --out=benchmarks/results/kd_fashion_e3.json --student_epochs=3 --student_milestones=2
 
 Trains, per seed s in --seeds: a resnet20 teacher (configs/kd/teacher.py:fashion,seed=s),
 then the resnet8 student with CE alone, KD, FitNet and DSKD from teacher s, and with
-CA-MKD from all the seeds' teachers (three teachers of one architecture, as CA-MKD's
-setting uses three trials). Everything is the ``:fashion`` option of configs/kd/*.py
-(first 6000 training and 2000 test images, teachers 3 epochs, students 1). Reports the
+CA-MKD, AVER, EBKD, FitNet-MKD and AEKD from all the seeds' teachers (three teachers of
+one architecture, as CA-MKD's setting uses three trials). Everything is the ``:fashion``
+option of configs/kd/*.py (first 6000 training and 2000 test images, teachers 3 epochs,
+students 1 unless --student_epochs says otherwise). Reports the
 best-epoch and last-epoch test accuracy, mean +- std (ddof 1) over seeds. One process:
 each method's step compiles once. Finished runs (workdir/result.json) are not redone;
 an interrupted run resumes from its checkpoint.
@@ -27,8 +28,9 @@ import numpy as np
 # their arXiv PDFs, which the spec does not reproduce.
 PAPER_CIFAR100 = {"pair": "resnet32x4 -> resnet8x4", "source": "RepDistiller README (CRD paper)",
                   "teacher": 79.42, "ce": 72.50, "kd": 73.33, "fitnet": 73.50,
-                  "dskd": None, "camkd": None}
-METHODS = ("ce", "kd", "fitnet", "dskd", "camkd")
+                  "dskd": None, "camkd": None, "aver": None, "ebkd": None,
+                  "fitnet_mkd": None, "aekd": None}
+METHODS = ("ce", "kd", "fitnet", "dskd", "camkd", "aver", "ebkd", "fitnet_mkd", "aekd")
 
 
 def _wait_for(dirs, poll=15.0):
@@ -86,7 +88,9 @@ def _summary(values):
 
 LABELS = {"teacher": "Teacher (resnet20; CIFAR: resnet32x4)", "ce": "Student, CE only",
           "kd": "KD", "fitnet": "FitNet", "dskd": "DSKD (reconstruction)",
-          "camkd": "CA-MKD (3 teachers)"}
+          "camkd": "CA-MKD (3 teachers)", "aver": "AVER (3 teachers)",
+          "ebkd": "EBKD (3 teachers)", "fitnet_mkd": "FitNet-MKD (3 teachers)",
+          "aekd": "AEKD (3 teachers)"}
 
 
 def render(out: dict) -> str:
@@ -106,8 +110,9 @@ def render(out: dict) -> str:
     lines.append(f"Seeds {out['seeds']}; {b['train_images']} training / {b['test_images']} "
                  f"test images; teacher {b['teacher']} {b['teacher_epochs']} epochs, "
                  f"student {b['student']} {b['student_epochs']} epoch(s), batch "
-                 f"{b['batch_size']}, lr {b['lr']}; {b['hardware']}; whole table "
-                 f"{b['wall_seconds'] / 60:.0f} min. Paper column: {paper['pair']}, "
+                 f"{b['batch_size']}, lr {b['lr']}; {b['hardware']}; run times summed: "
+                 f"teachers {b.get('teacher_run_seconds', 0) / 60:.0f} min, students "
+                 f"{b.get('student_run_seconds', 0) / 60:.0f} min. Paper column: {paper['pair']}, "
                  f"{paper['source']}.")
     return "\n".join(lines)
 
@@ -140,6 +145,7 @@ def main():
     if bad:
         raise SystemExit(f"unknown methods {bad}; valid: {METHODS}")
     from jaxdiff.runlog import quiet_absl_logging
+    from jaxkd import methods
     quiet_absl_logging()
     seeds = [int(s) for s in a.seeds.split(",")]
     student = {}
@@ -161,8 +167,9 @@ def main():
             runs[f"teacher_s{s}"] = _run("teacher", f"fashion,seed={s}", d)
     for s, d in zip(seeds, tdirs):
         for m in todo if not a.collect else ():
-            # CA-MKD: the three teachers of seeds 0, 1, 2 whatever --seeds says.
-            teachers = all_t if m == "camkd" else ([d] if m != "ce" else None)
+            # Multi-teacher methods: the teachers of seeds 0, 1, 2 whatever --seeds says.
+            k = methods.get(m).teachers
+            teachers = all_t if k < 0 or k > 1 else ([d] if k == 1 else None)
             runs[f"{m}_s{s}"] = _run(m, f"fashion,seed={s}",
                                      os.path.join(a.workdir, f"{m}_s{s}"), teachers, student)
     table = {}
@@ -192,7 +199,11 @@ def main():
                    "teacher_milestones": list(ct.optim.milestones),
                    "hardware": a.hardware,
                    "wall_seconds": _wall(a.workdir, runs),
-                   "sum_of_run_seconds": sum(r["total_seconds"] for r in runs.values())},
+                   "sum_of_run_seconds": sum(r["total_seconds"] for r in runs.values()),
+                   "teacher_run_seconds": sum(r["total_seconds"] for k, r in runs.items()
+                                              if k.startswith("teacher_")),
+                   "student_run_seconds": sum(r["total_seconds"] for k, r in runs.items()
+                                              if not k.startswith("teacher_"))},
         "seeds": seeds, "table_percent": table, "runs": runs,
         "paper_cifar100_percent": PAPER_CIFAR100,
     }
