@@ -113,7 +113,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--workdir", default="runs/oad_table")
     p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--gat_seeds", type=int, default=5)
+    p.add_argument("--gat_seeds", type=int, default=10)
     p.add_argument("--only", default="", help="data:arch:variant[:extra], comma-separated")
     args = p.parse_args()
     plan = PLAN

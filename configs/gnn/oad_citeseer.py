@@ -11,7 +11,9 @@ selection on validation accuracy. Runtime on 2 shared CPU cores: about 10-60 s p
 group (10 seeds vmapped: GCN ~20 s, GAT a few minutes).
 Measured results: docs/jaxgraph_gnn.md (benchmarks/results/oad_table.json).
 
-Options (comma-separated after the colon): gcn | gat | sage | mix (students; mix = GCN, SAGE, GCN, SAGE: the discriminator ring needs equal hidden widths, so GAT (8 x 16) does not mix),
+Options (comma-separated after the colon): gcn | gat | sage | mix (students; mix = GCN,
+SAGE, GCN, SAGE: the discriminator ring needs equal hidden widths, so GAT, 8 heads x 16 =
+128 wide, does not mix),
 code (every reference-code quirk: no self-loops, GCN without dropout, GAT ReLU + 8 output
 heads, ReLU on the discriminator output, KD divided by N C, validation selection as in the code),
 nolocal / noglobal (ablations), alone (one student, CE only), seeds=<n>, tiny.
