@@ -45,7 +45,7 @@ bench: bench-deps
 	$(VPY) -m benchmarks.kd_step_torch --out=benchmarks/results/kd_step.json
 	$(VPY) -m benchmarks.kge_vs_pykeen --models=distmult,transe --dim=32 --train_steps=20 --epochs=2
 	$(VPY) -m benchmarks.kge_eval_time --dims=32,64
-	$(VPY) -m benchmarks.gnn_vs_pyg --threads=1
+	$(VPY) -m benchmarks.gnn_vs_pyg --threads=2
 
 # The measured tables of the README (long CPU jobs; each resumes finished cells).
 tables: $(STAMP) fashion-data
