@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["adaptive_avg_pool", "align_spatial", "Embed", "ConvReg"]
+__all__ = ["adaptive_avg_pool", "align_spatial", "Embed", "ConvReg", "PerTeacher"]
 
 _torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -100,3 +100,19 @@ class ConvReg(nn.Module):
             raise ValueError(f"ConvReg cannot map a {s_h}x{s_w} student map to a {h}x{w} "
                              "teacher map (supported: 2x larger, 2x smaller, or larger)")
         return nn.relu(_bn(train)(x))
+
+
+class PerTeacher(nn.Module):
+    """K independent connectors (``Embed`` or ``ConvReg``) of ``feats[index]``, one per
+    teacher, named ``<prefix>_<k>``; output stacked (K, B, h, w, C_t)."""
+    connector: type
+    prefix: str
+    num: int
+    index: int
+    out_shape: tuple
+
+    @nn.compact
+    def __call__(self, feats, train: bool = True):
+        x = feats[self.index]
+        return jnp.stack([self.connector(self.out_shape, name=f"{self.prefix}_{k}")(x, train)
+                          for k in range(self.num)])

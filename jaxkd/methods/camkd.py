@@ -13,30 +13,15 @@ The reference code's quirks are options: ``scale_by_k`` (the extra 1/K on normal
 weights, default True), ``detach_inter_weights`` (default False: gradients flow through
 v), ``inter_from_epoch`` (default 2: the first epoch omits the beta term).
 """
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxkd import losses
-from jaxkd.connectors import Embed
+from jaxkd.connectors import Embed, PerTeacher
 from jaxkd.methods.base import Context, Method
 
 DEFAULTS = {"ce_weight": 1.0, "kd_weight": 1.0, "feat_weight": 50.0, "temperature": 4.0,
             "scale_by_k": True, "detach_inter_weights": False, "inter_from_epoch": 2}
-
-
-class MultiEmbed(nn.Module):
-    """K independent :class:`~jaxkd.connectors.Embed` s of ``feats[index]``; output
-    stacked (K, B, h, w, C_t)."""
-    num: int
-    index: int
-    out_shape: tuple
-
-    @nn.compact
-    def __call__(self, feats, train: bool = True):
-        x = feats[self.index]
-        return jnp.stack([Embed(self.out_shape, name=f"embed_{k}")(x, train)
-                          for k in range(self.num)])
 
 
 def make_connector(opts, s_shapes, t_shapes, num_teachers):
@@ -44,7 +29,7 @@ def make_connector(opts, s_shapes, t_shapes, num_teachers):
     if len(s_shapes[-2]) != 3 or len(t_shapes[-2]) != 3:
         raise ValueError("camkd needs spatial maps at feats[-2]; got student "
                          f"{s_shapes[-2]}, teacher {t_shapes[-2]}")
-    return MultiEmbed(num_teachers, len(s_shapes) - 2, tuple(t_shapes[-2]))
+    return PerTeacher(Embed, "embed", num_teachers, len(s_shapes) - 2, tuple(t_shapes[-2]))
 
 
 def loss(opts, ctx: Context):

@@ -13,12 +13,10 @@ loss but sends no gradient to the student or the regressors. ``detach_hint=True`
 reproduces that (the method then trains like AVER); the default trains the hints as
 the method describes.
 """
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxkd import losses
-from jaxkd.connectors import ConvReg
+from jaxkd.connectors import ConvReg, PerTeacher
 from jaxkd.methods import fitnet
 from jaxkd.methods.base import Context, Method, ce_plus_kd
 
@@ -26,23 +24,9 @@ DEFAULTS = {"ce_weight": 1.0, "kd_weight": 1.0, "feat_weight": 100.0, "temperatu
             "hint_layer": 2, "hint_from_epoch": 2, "detach_hint": False}
 
 
-class MultiHint(nn.Module):
-    """K independent :class:`~jaxkd.connectors.ConvReg` s of ``feats[index]``; output
-    stacked (K, B, h, w, C_t)."""
-    num: int
-    index: int
-    out_shape: tuple
-
-    @nn.compact
-    def __call__(self, feats, train: bool = True):
-        x = feats[self.index]
-        return jnp.stack([ConvReg(self.out_shape, name=f"reg_{k}")(x, train)
-                          for k in range(self.num)])
-
-
 def make_connector(opts, s_shapes, t_shapes, num_teachers):
     del s_shapes
-    return MultiHint(num_teachers, *fitnet.hint_target(opts, t_shapes))
+    return PerTeacher(ConvReg, "reg", num_teachers, *fitnet.hint_target(opts, t_shapes))
 
 
 def loss(opts, ctx: Context):
