@@ -93,6 +93,13 @@ class SAGEConv(nn.Module):
         return h_self + h_neigh + self.param("bias", nn.initializers.zeros, (self.features,))
 
 
+def _input_dropout(module: nn.Module, x, rate: float, deterministic: bool):
+    """Dropout on the (dense or sparse) input features when training."""
+    if deterministic or rate <= 0:
+        return x
+    return graphs.feature_dropout(x, rate, module.make_rng("dropout"), False)
+
+
 class GCN(nn.Module):
     """Two-layer GCN: H = GCNConv(hidden)(drop(x)); logits = GCNConv(C)(drop(ReLU(H))).
 
@@ -106,8 +113,7 @@ class GCN(nn.Module):
     @nn.compact
     def __call__(self, graph, x, deterministic: bool = True):
         drop = nn.Dropout(self.dropout, deterministic=deterministic)
-        if not deterministic and self.dropout > 0:
-            x = graphs.feature_dropout(x, self.dropout, self.make_rng("dropout"), False)
+        x = _input_dropout(self, x, self.dropout, deterministic)
         h = GCNConv(self.hidden)(graph, x)
         logits = GCNConv(self.num_classes)(graph, drop(nn.relu(h)))
         return logits, h
@@ -149,8 +155,7 @@ class SAGE(nn.Module):
     @nn.compact
     def __call__(self, graph, x, deterministic: bool = True):
         drop = nn.Dropout(self.dropout, deterministic=deterministic)
-        if not deterministic and self.dropout > 0:
-            x = graphs.feature_dropout(x, self.dropout, self.make_rng("dropout"), False)
+        x = _input_dropout(self, x, self.dropout, deterministic)
         h = drop(nn.relu(SAGEConv(self.hidden)(graph, x)))
         return SAGEConv(self.num_classes)(graph, h), h
 
