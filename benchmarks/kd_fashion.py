@@ -110,9 +110,12 @@ def render(out: dict) -> str:
     lines.append(f"Seeds {out['seeds']}; {b['train_images']} training / {b['test_images']} "
                  f"test images; teacher {b['teacher']} {b['teacher_epochs']} epochs, "
                  f"student {b['student']} {b['student_epochs']} epoch(s), batch "
-                 f"{b['batch_size']}, lr {b['lr']}; {b['hardware']}; run times summed: "
-                 f"teachers {b.get('teacher_run_seconds', 0) / 60:.0f} min, students "
-                 f"{b.get('student_run_seconds', 0) / 60:.0f} min. Paper column: {paper['pair']}, "
+                 f"{b['batch_size']}, lr {b['lr']}; {b['hardware']}; " + (
+                     f"run times summed: teachers {b['teacher_run_seconds'] / 60:.0f} min, "
+                     f"students {b['student_run_seconds'] / 60:.0f} min"
+                     if "teacher_run_seconds" in b else      # results of older runs
+                     f"whole table {b['wall_seconds'] / 60:.0f} min") +
+                 f". Paper column: {paper['pair']}, "
                  f"{paper['source']}.")
     return "\n".join(lines)
 
