@@ -11,6 +11,8 @@ in batches of 128 (the reference's 10 kimg), about a minute per NFE on 2 CPU cor
 """
 import ml_collections
 
+from jaxinfra import config_args
+
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
@@ -34,7 +36,7 @@ def get_config(arg=None):
     c.num_eval = 256
     c.reference_steps = 513
     c.seed = 0
-    args = set((arg or "").split(","))
+    args = config_args.parse(arg, flags=("solver", "noafs", "tiny")).flags
     if "solver" in args:
         c.base, c.teacher, c.teacher_points = "amed", "heun", 1
         c.base_options = ml_collections.ConfigDict({})

@@ -13,6 +13,8 @@ Exact float64: JAX_ENABLE_X64=1 ... --config.float64=True.
 """
 import ml_collections
 
+from jaxinfra import config_args
+
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
@@ -29,7 +31,7 @@ def get_config(arg=None):
     c.seed = 0
     c.float64 = False              # needs JAX_ENABLE_X64=1
     c.dpi = 110                    # PNG resolution
-    if arg == "tiny":
+    if "tiny" in config_args.parse(arg, flags=("tiny",)).flags:
         c.max_examples = 200
         c.gmm_components = 3
         c.num_samples = 6

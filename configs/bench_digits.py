@@ -8,6 +8,8 @@ Tiny smoke mode: --config=configs/bench_digits.py:tiny
 """
 import ml_collections
 
+from jaxinfra import config_args
+
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
@@ -23,7 +25,7 @@ def get_config(arg=None):
     c.reference_steps = 513        # timestamps; converged-ness is checked against (n+1)//2
     c.solvers = ("euler", "heun", "dpm2", "ipndm", "ipndm_v", "deis", "dpmpp", "unipc")
     c.float64 = False
-    if arg == "tiny":
+    if "tiny" in config_args.parse(arg, flags=("tiny",)).flags:
         c.num_samples = 8
         c.nfes = (4, 5)
         c.gmm_components = 4

@@ -1,6 +1,6 @@
 """Solver benchmark on Fashion-MNIST (28x28), exact denoisers, no training.
 
-Needs the Debian package (`apt-get install dataset-fashion-mnist`) or FASHION_MNIST_DIR.
+Needs the Debian package (`apt-get install dataset-fashion-mnist`) or JAXINFRA_DATA_PATH (folder holding fashion-mnist/).
 
     python -m jaxdiff.bench --config=configs/bench_fashion_mnist.py --workdir=runs/fashion
 
@@ -8,12 +8,13 @@ Runtime: about 9 minutes on 2 CPU cores (the optimal denoiser scans all 60,000
 training images at every call). ``:tiny`` is a smoke mode.
 """
 from configs.bench_digits import get_config as _digits
+from jaxinfra import config_args
 
 
 def get_config(arg=None):
     c = _digits(arg)
     c.dataset = "fashion_mnist"
-    if arg != "tiny":
+    if "tiny" not in config_args.parse(arg, flags=("tiny",)).flags:
         c.num_samples = 128
         c.reference_steps = 257
     return c

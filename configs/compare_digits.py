@@ -9,9 +9,13 @@ Runtime about 10 minutes on 2 CPU cores (AMED training dominates). ``:tiny`` for
 """
 import ml_collections
 
+from jaxinfra import config_args
+
+OPTIONS = ("edm", "edm_only", "test", "tiny")
+
 
 def get_config(arg=None):
-    args = set((arg or "").split(","))
+    args = config_args.parse(arg, flags=OPTIONS).flags
     c = ml_collections.ConfigDict()
     c.dataset = "digits"
     c.max_examples = 0

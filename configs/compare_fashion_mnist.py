@@ -7,7 +7,9 @@ CPU-sized: the optimal denoiser uses 10,000 training images, AMED 2,048 trajecto
 128 evaluation samples (about 15-20 minutes on 2 CPU cores). ``:edm_only`` needs
 ``python -m jaxdiff.train --config=configs/edm_fashion_mnist.py:cpu --workdir=runs/edm_fashion``.
 """
+from configs.compare_digits import OPTIONS
 from configs.compare_digits import get_config as _digits
+from jaxinfra import config_args
 
 
 def get_config(arg=None):
@@ -16,7 +18,7 @@ def get_config(arg=None):
     c.edm_workdir = "runs/edm_fashion"
     c.edm_config = "configs.edm_fashion_mnist"
     c.edm_config_arg = "cpu"
-    if not set((arg or "").split(",")) & {"test", "tiny"}:
+    if not config_args.parse(arg, flags=OPTIONS).flags & {"test", "tiny"}:
         c.max_examples = 10_000
         c.num_eval = 128
         c.reference_steps = 257

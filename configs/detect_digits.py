@@ -26,6 +26,8 @@ Options (comma-separated after the colon):
 """
 import ml_collections
 
+from jaxinfra import config_args
+
 from configs import edm_digits
 
 SECOND_SEED = 1
@@ -43,11 +45,7 @@ def second_model_config(tiny: bool = False, seed: int = SECOND_SEED,
 
 
 def get_config(arg=None):
-    args = set(filter(None, (arg or "").split(",")))
-    unknown = args - {"tiny", "second_model"}
-    if unknown:
-        raise ValueError(f"unknown config option(s) {sorted(unknown)}; valid: tiny, "
-                         "second_model")
+    args = config_args.parse(arg, flags=("tiny", "second_model")).flags
     tiny = "tiny" in args
     if "second_model" in args:
         return second_model_config(tiny)

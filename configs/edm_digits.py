@@ -18,12 +18,11 @@ e.g. --config=configs/edm_digits.py:tiny,cond
 """
 import ml_collections
 
+from jaxinfra import config_args
+
 
 def get_config(arg=None):
-    args = set(filter(None, (arg or "").split(",")))
-    unknown = args - {"tiny", "cond"}
-    if unknown:
-        raise ValueError(f"unknown config option(s) {sorted(unknown)}; valid: tiny, cond")
+    args = config_args.parse(arg, flags=("tiny", "cond")).flags
     c = ml_collections.ConfigDict()
     c.dataset = "digits"
     c.max_examples = 0                 # 0: the whole data set

@@ -1,7 +1,7 @@
 """EDM U-Net denoiser on Fashion-MNIST (28x28, 60000 images). The default is GPU-sized.
 
 Needs the Debian package (`apt-get install dataset-fashion-mnist`, or `make fashion-data`)
-or FASHION_MNIST_DIR; tfds name "fashion_mnist" on Colab.
+or JAXINFRA_DATA_PATH (folder holding fashion-mnist/); tfds name "fashion_mnist" on Colab.
 
     python -m jaxdiff.train --config=configs/edm_fashion_mnist.py --workdir=runs/edm_fashion
     python -m jaxdiff.fid --config=configs/edm_fashion_mnist.py --workdir=runs/edm_fashion
@@ -23,13 +23,11 @@ The Frechet distance is computed in the feature space of a small classifier trai
 Fashion-MNIST, NOT Inception.
 """
 from configs.edm_digits import get_config as _digits_config
+from jaxinfra import config_args
 
 
 def get_config(arg=None):
-    args = set(filter(None, (arg or "").split(",")))
-    unknown = args - {"cpu", "tiny", "cond"}
-    if unknown:
-        raise ValueError(f"unknown config option(s) {sorted(unknown)}; valid: cpu, tiny, cond")
+    args = config_args.parse(arg, flags=("cpu", "tiny", "cond")).flags
     c = _digits_config(",".join(sorted(args & {"tiny", "cond"})))
     c.dataset = "fashion_mnist"
     c.model.image_size = 28

@@ -26,16 +26,15 @@ Options (comma-separated after the colon):
 """
 import ml_collections
 
+from jaxinfra import config_args
+
 from configs import edm_digits
 
 TASKS = ("classifier_free", "classifier", "inpaint", "invert", "sdedit")
 
 
 def get_config(arg=None):
-    args = set(filter(None, (arg or "").split(",")))
-    unknown = args - {"tiny"}
-    if unknown:
-        raise ValueError(f"unknown config option(s) {sorted(unknown)}; valid: tiny")
+    args = config_args.parse(arg, flags=("tiny",)).flags
     tiny = "tiny" in args
 
     c = ml_collections.ConfigDict()

@@ -3,12 +3,17 @@
     import jaxdiff
     sigmas = jaxdiff.schedules.get("polynomial", num_steps=6)
     x0 = jaxdiff.sample(denoise_fn, sigmas[0] * z, sigmas, solver="ipndm")
+
+The library is the top level (sampling, solvers, schedules, denoisers, geometry, gits,
+amed, guidance, conditioning, detection); ``jaxdiff.models`` holds the Flax networks,
+``jaxdiff.training`` their trainers and ``jaxdiff.experiments`` the jobs behind
+``python -m jaxdiff.<job>``. Run infrastructure (logs, checkpoints, data) is ``jaxinfra``.
 """
-from jaxdiff import (amed, conditioning, data, denoisers, detect, geometry, gits, guidance,
-                     noisy_classifier, schedules, solvers)
+from jaxdiff import (amed, callables, conditioning, denoisers, detectors, geometry, gits,
+                     guidance, schedules, solvers)
 from jaxdiff.sampling import Trajectory, nfe, sample, steps_for_nfe, validate_sigmas
 
 __all__ = ["sample", "nfe", "steps_for_nfe", "Trajectory", "validate_sigmas", "schedules",
-           "solvers", "gits", "geometry", "amed", "data", "denoisers", "guidance",
-           "conditioning", "noisy_classifier", "detect"]
+           "solvers", "gits", "geometry", "amed", "callables", "denoisers", "guidance",
+           "conditioning", "detectors"]
 __version__ = "0.1.0"

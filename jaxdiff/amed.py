@@ -16,18 +16,15 @@ denoiser calls (one less with AFS). Reference: amed-solver-main/solvers_amed.py.
 from __future__ import annotations
 
 import functools
-import json
-import os
-import time
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import struct
 
+from jaxdiff import callables
 from jaxdiff.solvers.base import (afs_evaluator, check_order, combine, dynamic_thresholding,
                                   model_evaluator, push)
 from jaxdiff.solvers.dpmpp import dpmpp_coefficients
@@ -136,7 +133,7 @@ def num_params(predictor: AMEDPredictor) -> int:
 
 # ----------------------------------------------------------------------------- stepping
 
-def _sub_orders(predictor: AMEDPredictor) -> np.ndarray:
+def sub_orders(predictor: AMEDPredictor) -> np.ndarray:
     """Static orders of the two sub-steps of every base step, (N-1, 2)."""
     n, opts = predictor.num_steps, dict(predictor.base_options)
     k = np.arange(2 * (n - 1)).reshape(n - 1, 2)              # sub-step index
@@ -150,7 +147,7 @@ def _sub_orders(predictor: AMEDPredictor) -> np.ndarray:
     return np.ones((n - 1, 2), int)
 
 
-def _init_state(predictor, x, sigma0):
+def init_state(predictor, x, sigma0):
     if predictor.base == "ipndm":
         return jnp.zeros((dict(predictor.base_options).get("max_order", 4),) + x.shape, x.dtype)
     if predictor.base == "dpmpp":
@@ -172,7 +169,7 @@ def _dpmpp_sub_step(x, hist_m, hist_s, target, order, predict_x0, scale=1.0):
     return bc(a) * x + bc(jnp.asarray(scale, x.dtype)) * terms
 
 
-def _make_step(predictor: AMEDPredictor, model: Callable, feature_fn: Callable | None):
+def make_step(predictor: AMEDPredictor, model: Callable, feature_fn: Callable | None):
     """step(params, evaluate, x, state, s, s_next, orders, use_afs) -> (x', state, D)."""
     base, opts = predictor.base, dict(predictor.base_options)
     predict_x0 = opts.get("predict_x0", True)
@@ -256,17 +253,25 @@ def check_compatible(predictor: AMEDPredictor, solver: str, num_steps: int) -> N
                          f"{predictor.num_steps} timestamps, got sigmas of length {num_steps}")
     if predictor.num_updates == 0:
         raise ValueError("this AMED predictor is untrained (0 updates); train it with "
-                         "jaxdiff.amed.train or load a trained checkpoint")
+                         "jaxdiff.training.amed.train or load a trained checkpoint")
+
+
+def model_of(denoise_fn):
+    """``model(x, sigma)`` with a scalar or (B,) sigma, in x's dtype."""
+    def model(x_, sigma):
+        sigma_b = jnp.broadcast_to(jnp.asarray(sigma, x_.dtype), (x_.shape[0],))
+        return denoise_fn(x_, sigma_b).astype(x_.dtype)
+    return model
 
 
 def _run(predictor, denoise_fn, feature_fn, x, sigmas, return_trajectory):
-    model = _model_of(denoise_fn)
-    step = _make_step(predictor, model, feature_fn)
+    model = model_of(denoise_fn)
+    step = make_step(predictor, model, feature_fn)
     evaluate = model_evaluator(model)
-    orders = jnp.asarray(_sub_orders(predictor))
+    orders = jnp.asarray(sub_orders(predictor))
     steps = sigmas.shape[0] - 1
     cuts = [0, 1, steps] if predictor.afs and steps > 1 else [0, steps]
-    carry, outs = (x, _init_state(predictor, x, sigmas[0])), []
+    carry, outs = (x, init_state(predictor, x, sigmas[0])), []
     for lo, hi in zip(cuts[:-1], cuts[1:]):
         use_afs = predictor.afs and lo == 0
         ev = afs_evaluator if use_afs else evaluate
@@ -284,20 +289,10 @@ def _run(predictor, denoise_fn, feature_fn, x, sigmas, return_trajectory):
     return carry[0], (xs, jnp.concatenate([o[1] for o in outs]))
 
 
-def _split(fn):
-    """(static part, traced leaves) of a denoiser or feature function (see sampling)."""
-    from jaxdiff.sampling import _split_denoiser
-    return (None, []) if fn is None else _split_denoiser(fn)
-
-
-def _join(fn_def, leaves):
-    return jax.tree.unflatten(fn_def, leaves) if leaves else fn_def
-
-
 @functools.partial(jax.jit, static_argnames=("fn_def", "feat_def", "return_trajectory"))
 def _run_jit(predictor, x, sigmas, fn_leaves, feat_leaves, *, fn_def, feat_def,
              return_trajectory):
-    return _run(predictor, _join(fn_def, fn_leaves), _join(feat_def, feat_leaves), x, sigmas,
+    return _run(predictor, callables.join(fn_def, fn_leaves), callables.join(feat_def, feat_leaves), x, sigmas,
                 return_trajectory)
 
 
@@ -307,8 +302,8 @@ def sample(denoise_fn, x, sigmas, predictor: AMEDPredictor, *, feature_fn=None,
 
     Returns x_final (B, ...) or (x_final, (xs (N, B, ...), denoised (N-1, B, ...))).
     """
-    fn_def, fn_leaves = _split(denoise_fn)
-    feat_def, feat_leaves = _split(feature_fn)
+    fn_def, fn_leaves = callables.split(denoise_fn)
+    feat_def, feat_leaves = callables.split(feature_fn)
     return _run_jit(predictor, x, sigmas, fn_leaves, feat_leaves, fn_def=fn_def,
                     feat_def=feat_def, return_trajectory=return_trajectory)
 
@@ -316,156 +311,3 @@ def sample(denoise_fn, x, sigmas, predictor: AMEDPredictor, *, feature_fn=None,
 def nfe(num_steps: int, afs: bool) -> int:
     """Two calls per step, one less with AFS."""
     return 2 * (num_steps - 1) - int(bool(afs))
-
-
-# ----------------------------------------------------------------------------- training
-
-def _teacher_points(denoise_fn, x_T, teacher_sigmas, teacher, teacher_options, stride):
-    from jaxdiff.sampling import sample as ode_sample
-    _, traj = ode_sample(denoise_fn, x_T, teacher_sigmas, solver=teacher,
-                         return_trajectory=True, **teacher_options)
-    return traj.xs[::stride]
-
-
-def _model_of(denoise_fn):
-    def model(x_, sigma):
-        sigma_b = jnp.broadcast_to(jnp.asarray(sigma, x_.dtype), (x_.shape[0],))
-        return denoise_fn(x_, sigma_b).astype(x_.dtype)
-    return model
-
-
-@functools.partial(jax.jit, static_argnames=("static", "fn_def", "feat_def", "use_afs", "tx"))
-def _update(params, opt_state, x, state, target, s, s_next, orders, fn_leaves, feat_leaves, *,
-            static, fn_def, feat_def, use_afs, tx):
-    """One Adam update on the loss of one student step; denoiser leaves are traced."""
-    model = _model_of(_join(fn_def, fn_leaves))
-    step = _make_step(static, model, _join(feat_def, feat_leaves))
-
-    def loss_fn(p):
-        ev = afs_evaluator if use_afs else model_evaluator(model)
-        x_next, st, _ = step(p, ev, x, state, s, s_next, orders, use_afs)
-        diff = (x_next - target).reshape(x.shape[0], -1)
-        return jnp.sum(diff ** 2) / x.shape[0], (x_next, st)
-
-    (loss, (x_next, st)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    grads = jax.tree.map(jnp.nan_to_num, grads)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, x_next, st
-
-
-def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
-          feature_dim: int = 64, teacher: str | None = None, teacher_sigmas=None,
-          teacher_points: int = 2, teacher_options=None, batch_size: int = 128,
-          epochs: int = 1, learning_rate: float = 5e-3, scale_dir: float = 0.01,
-          scale_time: float = 0.0, afs: bool = True, seed: int = 0, log_fn=None,
-          **base_options):
-    """Train an AMED predictor against teacher trajectories (reference: training/loss.py).
-
-    For every batch of noise the teacher solves on a finer grid (``teacher_points`` extra
-    points between student nodes, so every (M+1)-th teacher point is a student node); then
-    for each step n the student takes one step and one Adam update minimises
-    sum((x_{n+1} - x_{n+1}^teacher)^2) / B, with gradients through one frozen denoiser
-    call. Single-step students (amed, euler, dpm2) restart each step from the teacher
-    point; multistep students (ipndm, dpmpp) continue from their own output.
-
-    Args:
-      denoise_fn: the frozen denoiser, ``denoise_fn(x, sigma (B,))``.
-      x_T: (M, ...) noise at ``sigmas[0]`` (e.g. sigma_max * z); no data is used.
-      sigmas: (N,) the student schedule.
-      base: "amed" (AMED-Solver) or a plugin base: euler, ipndm, dpm2, dpmpp.
-      feature_fn: ``feature_fn(x, sigma (B,)) -> (B, F)`` bottleneck features, or None
-        (zeros: the predictor learns a sample-independent schedule).
-      teacher: teacher solver (default: heun for amed, else the base solver).
-      teacher_sigmas: the teacher grid; default refines each student interval uniformly in
-        log sigma with ``teacher_points`` extra points. Pass ``schedules.get(name,
-        (M + 1) * (N - 1) + 1)`` to reproduce the reference's same-formula teacher.
-      batch_size, epochs: trajectories per update round and passes over ``x_T``.
-      learning_rate: Adam step size (reference 5e-3, betas 0.9/0.999, eps 1e-8).
-      scale_dir, scale_time: ranges of the direction and time scales (0 disables).
-      afs: analytical first step (the reference's AMED default).
-      log_fn: optional ``log_fn(dict)`` called after each batch (loss per step).
-      **base_options: options of the base solver (e.g. ``max_order=4``).
-
-    Returns:
-      The trained :class:`AMEDPredictor`.
-    """
-    sigmas = jnp.asarray(sigmas, x_T.dtype)
-    n = int(sigmas.shape[0])
-    predictor = init(jax.random.PRNGKey(seed), base=base, num_steps=n, feature_dim=feature_dim,
-                     scale_dir=scale_dir, scale_time=scale_time, afs=afs, **base_options)
-    teacher = teacher or ("heun" if base == "amed" else ("dpm2" if base == "dpm2" else base))
-    teacher_options = dict(teacher_options or {})
-    stride = teacher_points + 1
-    if teacher_sigmas is None:
-        log_s = jnp.log(sigmas)
-        frac = jnp.arange(stride) / stride
-        fine = log_s[:-1, None] + frac * (log_s[1:] - log_s[:-1])[:, None]
-        teacher_sigmas = jnp.exp(jnp.concatenate([fine.reshape(-1), log_s[-1:]]))
-    teacher_sigmas = jnp.asarray(teacher_sigmas, x_T.dtype)
-    if teacher_sigmas.shape[0] != stride * (n - 1) + 1:
-        raise ValueError(f"teacher_sigmas must have (teacher_points + 1) * (N - 1) + 1 = "
-                         f"{stride * (n - 1) + 1} entries, got {teacher_sigmas.shape[0]}")
-    tx = optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
-    params, opt_state = predictor.params, tx.init(predictor.params)
-    static = predictor.replace(params=None)          # hashable: what _make_step reads
-    fn_def, fn_leaves = _split(denoise_fn)
-    feat_def, feat_leaves = _split(feature_fn)
-    orders = jnp.asarray(_sub_orders(predictor))
-    num_batches = max(1, -(-x_T.shape[0] // batch_size))
-    updates = 0
-    for epoch in range(epochs):
-        for b in range(num_batches):
-            x_b = x_T[b * batch_size:(b + 1) * batch_size]
-            targets = _teacher_points(denoise_fn, x_b, teacher_sigmas, teacher,
-                                      teacher_options, stride)
-            x, state = x_b, _init_state(predictor, x_b, sigmas[0])
-            losses = []
-            for i in range(n - 1):
-                params, opt_state, loss, x_next, state = _update(
-                    params, opt_state, x, state, targets[i + 1], sigmas[i], sigmas[i + 1],
-                    orders[i], fn_leaves, feat_leaves, static=static, fn_def=fn_def,
-                    feat_def=feat_def, use_afs=afs and i == 0, tx=tx)
-                updates += 1
-                losses.append(float(loss))
-                x = targets[i + 1] if base in SINGLE_STEP else jax.lax.stop_gradient(x_next)
-                state = jax.lax.stop_gradient(state)
-            if log_fn is not None:
-                log_fn({"epoch": epoch, "batch": b, "updates": updates,
-                        "loss_per_step": losses, "loss": float(np.mean(losses))})
-    return predictor.replace(params=params, num_updates=updates)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-def save(directory: str, predictor: AMEDPredictor) -> None:
-    """Writes the parameters (Orbax, atomic) and the metadata (JSON) to ``directory``."""
-    import orbax.checkpoint as ocp
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(os.path.join(directory, "params"), predictor.params, force=True)
-    meta = {"base": predictor.base, "num_steps": predictor.num_steps,
-            "base_options": dict(predictor.base_options), "feature_dim": predictor.feature_dim,
-            "scale_dir": predictor.scale_dir, "scale_time": predictor.scale_time,
-            "afs": predictor.afs, "num_updates": predictor.num_updates,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    with open(os.path.join(directory, "amed.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-
-
-def load(directory: str) -> AMEDPredictor:
-    """Reads a predictor written by :func:`save`; a clear error if there is none."""
-    import orbax.checkpoint as ocp
-    directory = os.path.abspath(directory)
-    meta_path = os.path.join(directory, "amed.json")
-    if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"no AMED predictor in {directory} (missing amed.json); "
-                                f"train one with python -m jaxdiff.amed_train")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    template = init(jax.random.PRNGKey(0), base=meta["base"], num_steps=meta["num_steps"],
-                    feature_dim=meta["feature_dim"], scale_dir=meta["scale_dir"],
-                    scale_time=meta["scale_time"], afs=meta["afs"], **meta["base_options"])
-    with ocp.StandardCheckpointer() as ckpt:
-        params = ckpt.restore(os.path.join(directory, "params"), template.params)
-    return template.replace(params=params, num_updates=meta["num_updates"])

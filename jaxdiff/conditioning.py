@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import schedules
+from jaxdiff import callables, schedules
 from jaxdiff import solvers as solvers_lib
-from jaxdiff.sampling import _split_denoiser, integrate, sample, validate_sigmas
+from jaxdiff.sampling import integrate, sample, validate_sigmas
 from jaxdiff.solvers.base import model_evaluator
 
 __all__ = ["inpaint", "invert", "reconstruct", "sdedit", "SINGLE_STEP_SOLVERS"]
@@ -79,19 +79,15 @@ def _check_denoiser(denoise_fn, x) -> None:
 
 def _with_denoiser(run, denoise_fn, *arrays, **static):
     """Calls the jitted ``run`` with the denoiser split into static part + traced leaves."""
-    fn_def, fn_leaves = _split_denoiser(denoise_fn)
+    fn_def, fn_leaves = callables.split(denoise_fn)
     return run(fn_leaves, *arrays, fn_def=fn_def, **static)
-
-
-def _unsplit(fn_def, fn_leaves):
-    return jax.tree.unflatten(fn_def, fn_leaves) if fn_leaves else fn_def
 
 
 # ------------------------------------------------------------------ inpainting
 @functools.partial(jax.jit, static_argnames=("fn_def", "solver", "options", "resample"))
 def _inpaint_jit(fn_leaves, x, sigmas, known, mask, key, *, fn_def, solver, options,
                  resample):
-    model = _model(_unsplit(fn_def, fn_leaves))
+    model = _model(callables.join(fn_def, fn_leaves))
     evaluate = model_evaluator(model)
     slv = solvers_lib.get(solver, **dict(options))
     coeffs = slv.prepare(sigmas)

@@ -31,22 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
+from jaxdiff import callables
+
 __all__ = ["classifier_free", "blend", "energy", "classifier", "unet_model_fn"]
 
 
 # --------------------------------------------------------------------------- helpers
-def _split(fn: Callable):
-    """(static, leaves): a pytree of arrays is split into treedef + leaves, else (fn, None)."""
-    leaves, treedef = jax.tree.flatten(fn)
-    if leaves and all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves):
-        return treedef, leaves
-    return fn, None
-
-
-def _join(static, leaves) -> Callable:
-    return static if leaves is None else jax.tree.unflatten(static, leaves)
-
-
 def _check_callable(name: str, fn) -> None:
     if not callable(fn):
         raise ValueError(f"{name} must be callable, got {type(fn).__name__}")
@@ -89,7 +79,7 @@ class _CFG:
     model_def: Any
 
     def __call__(self, model_leaves, labels, null_label, scale, x, sigma):
-        model_fn = _join(self.model_def, model_leaves)
+        model_fn = callables.join(self.model_def, model_leaves)
         b = x.shape[0]
         if labels.shape[0] != b:
             raise ValueError(f"labels has batch {labels.shape[0]} but x has batch {b}")
@@ -137,7 +127,7 @@ def classifier_free(model_fn: Callable, labels, null_label: int, scale) -> Parti
     labels = _as_labels(labels)
     if isinstance(null_label, bool) or int(null_label) != null_label:
         raise ValueError(f"null_label must be an int, got {null_label!r}")
-    model_def, model_leaves = _split(model_fn)
+    model_def, model_leaves = callables.split(model_fn)
     return Partial(_CFG(model_def), model_leaves, labels, jnp.asarray(null_label, jnp.int32),
                    _as_scale("scale", scale))
 
@@ -147,7 +137,7 @@ class _UNetFn:
     model: Any
 
     def __call__(self, params, x, sigma, labels):
-        from jaxdiff import unet
+        from jaxdiff.models import unet
         return unet.make_denoiser(self.model, params, labels)(x, sigma)
 
 
@@ -172,7 +162,7 @@ class _Blend:
     def __call__(self, leaves, weights, x, sigma):
         out = None
         for k, (static, lv) in enumerate(zip(self.defs, leaves)):
-            d = _join(static, lv)(x, sigma)
+            d = callables.join(static, lv)(x, sigma)
             _check_out(f"denoisers[{k}]", d, x.shape)
             term = weights[k].astype(d.dtype) * d
             out = term if out is None else out + term
@@ -209,7 +199,7 @@ def blend(denoisers: Sequence[Callable], weights) -> Partial:
                          f"got {weights.shape}")
     if not jnp.issubdtype(weights.dtype, jnp.floating):
         weights = weights.astype(jnp.float32)
-    split = [_split(fn) for fn in denoisers]
+    split = [callables.split(fn) for fn in denoisers]
     return Partial(_Blend(tuple(s for s, _ in split)), [lv for _, lv in split], weights)
 
 
@@ -220,8 +210,8 @@ class _Energy:
     energy_def: Any
 
     def __call__(self, denoise_leaves, energy_leaves, scale, x, sigma):
-        denoise_fn = _join(self.denoise_def, denoise_leaves)
-        energy_fn = _join(self.energy_def, energy_leaves)
+        denoise_fn = callables.join(self.denoise_def, denoise_leaves)
+        energy_fn = callables.join(self.energy_def, energy_leaves)
         denoised, vjp = jax.vjp(lambda x_: denoise_fn(x_, sigma), x)
         _check_out("denoise_fn", denoised, x.shape)
 
@@ -260,8 +250,8 @@ def energy(denoise_fn: Callable, energy_fn: Callable, scale) -> Partial:
     """
     _check_callable("denoise_fn", denoise_fn)
     _check_callable("energy_fn", energy_fn)
-    d_def, d_leaves = _split(denoise_fn)
-    e_def, e_leaves = _split(energy_fn)
+    d_def, d_leaves = callables.split(denoise_fn)
+    e_def, e_leaves = callables.split(energy_fn)
     return Partial(_Energy(d_def, e_def), d_leaves, e_leaves, _as_scale("scale", scale))
 
 
@@ -271,8 +261,8 @@ class _Classifier:
     log_prob_def: Any
 
     def __call__(self, denoise_leaves, log_prob_leaves, labels, scale, x, sigma):
-        denoise_fn = _join(self.denoise_def, denoise_leaves)
-        log_prob_fn = _join(self.log_prob_def, log_prob_leaves)
+        denoise_fn = callables.join(self.denoise_def, denoise_leaves)
+        log_prob_fn = callables.join(self.log_prob_def, log_prob_leaves)
         b = x.shape[0]
         if labels.shape[0] != b:
             raise ValueError(f"labels has batch {labels.shape[0]} but x has batch {b}")
@@ -319,7 +309,7 @@ def classifier(denoise_fn: Callable, log_prob_fn: Callable, labels, scale) -> Pa
     _check_callable("denoise_fn", denoise_fn)
     _check_callable("log_prob_fn", log_prob_fn)
     labels = _as_labels(labels)
-    d_def, d_leaves = _split(denoise_fn)
-    c_def, c_leaves = _split(log_prob_fn)
+    d_def, d_leaves = callables.split(denoise_fn)
+    c_def, c_leaves = callables.split(log_prob_fn)
     return Partial(_Classifier(d_def, c_def), d_leaves, c_leaves, labels,
                    _as_scale("scale", scale))

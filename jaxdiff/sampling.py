@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import callables
 from jaxdiff import solvers as solvers_lib
 from jaxdiff.solvers.base import ODESolver, afs_evaluator, model_evaluator
 
@@ -135,21 +136,11 @@ def integrate(denoise_fn: Callable, x, sigmas, *, solver: str, **options):
     updates integrate the ODE upwards with the same convergence order (tested).
     """
     _check_solver(solver, tuple(sorted(options.items())))
-    fn_def, fn_leaves = _split_denoiser(denoise_fn)
+    fn_def, fn_leaves = callables.split(denoise_fn)
     x_final, _, _ = _run_jit(x, jnp.asarray(sigmas, x.dtype), fn_leaves, fn_def=fn_def,
                              solver=solver, options=tuple(sorted(options.items())),
                              afs=False, denoise_to_zero=False, return_trajectory=False)
     return x_final
-
-
-def _split_denoiser(denoise_fn):
-    """A pytree denoiser (e.g. ``jax.tree_util.Partial(apply, params)``) is split into its
-    array leaves, traced so new parameters never recompile and large data never become
-    compile-time constants, and its static structure. Other callables stay static."""
-    leaves, treedef = jax.tree.flatten(denoise_fn)
-    if leaves and all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves):
-        return treedef, leaves
-    return denoise_fn, []
 
 
 def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
@@ -198,7 +189,7 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
     if x.ndim < 1 or not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating array of shape (batch, ...), got {x.dtype} "
                          f"{x.shape}")
-    fn_def, fn_leaves = _split_denoiser(denoise_fn)
+    fn_def, fn_leaves = callables.split(denoise_fn)
     _check_denoiser_shape(denoise_fn, x, fn_def, fn_leaves)
     sigmas = jnp.asarray(sigmas, x.dtype)
     x_final, finite, traj = _run_jit(

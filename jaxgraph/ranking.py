@@ -26,8 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgraph import kge_models
-
 __all__ = ["FilterIndex", "filter_pairs", "batch_ranks", "filtered_ranks", "rank_metrics",
            "evaluate", "brute_force_ranks"]
 
@@ -107,7 +105,7 @@ def batch_ranks(params, queries, mask_rows, mask_cols, *, backbone, side: str,
       queries: (B, 3) int32 triples.
       mask_rows, mask_cols: (P,) int32 filter pairs (row in batch, entity); padding pairs
         have row = B (dropped by the scatter).
-      backbone: :class:`jaxgraph.kge_models.Backbone`.
+      backbone: a :class:`jaxgraph.kge_models.Backbone`.
       side: ``tail`` (rank t among all entities for (h, r, ?)) or ``head``.
       chunk: entities scored per ``lax.map`` step (bounds memory at B * chunk * d).
 
@@ -118,15 +116,15 @@ def batch_ranks(params, queries, mask_rows, mask_cols, *, backbone, side: str,
     num_ent = table.shape[0]
     h, r, t = queries[:, 0], queries[:, 1], queries[:, 2]
     if side == "tail":
-        q, target = kge_models.tail_query(backbone, params, h, r), t
+        q, target = backbone.tail_query(params, h, r), t
     else:
-        q, target = kge_models.head_query(backbone, params, r, t), h
+        q, target = backbone.head_query(params, r, t), h
     if backbone.bilinear or num_ent <= chunk:
-        scores = kge_models.match_all(backbone, q, table)
+        scores = backbone.match_all(q, table)
     else:
         n_chunks = -(-num_ent // chunk)
         padded = jnp.pad(table, ((0, n_chunks * chunk - num_ent), (0, 0)))
-        blocks = jax.lax.map(lambda c: kge_models.match_all(backbone, q, c),
+        blocks = jax.lax.map(lambda c: backbone.match_all(q, c),
                              padded.reshape(n_chunks, chunk, -1))     # (n, B, chunk)
         scores = jnp.moveaxis(blocks, 0, 1).reshape(q.shape[0], -1)[:, :num_ent]
     s_true = jnp.take_along_axis(scores, target[:, None], axis=1)

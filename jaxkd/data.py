@@ -3,8 +3,10 @@
 Every loader returns a :class:`Dataset` of per-channel *normalised* float32 NHWC images
 ((x - mean) / std with x in [0, 1]) and int32 labels. Sources:
 
-- "fashion_mnist": offline IDX files (the Debian package ``dataset-fashion-mnist``,
-  read by :func:`jaxdiff.data.load_fashion_mnist`); ``source="tfds"`` forces tfds.
+- "fashion_mnist": offline IDX files in ``<folder>/fashion-mnist`` for each folder of
+  ``$JAXINFRA_DATA_PATH`` (default: the Debian package ``dataset-fashion-mnist``'s
+  /usr/share/datasets), read by :func:`jaxinfra.datasets.load_fashion_mnist`;
+  ``source="tfds"`` forces tfds.
 - "digits": scikit-learn's 8x8 digits (offline; split 80/20 deterministically:
   the first 1437 images train, the last 360 test).
 - "cifar100", "cifar10", "mnist": tensorflow-datasets (needs network the first time).
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import data as base_data
+from jaxinfra import datasets
 
 __all__ = ["Dataset", "STATS", "DATASETS", "load", "normalize", "augment",
            "epoch_permutation"]
@@ -106,19 +108,19 @@ def load(name: str, split: str = "train", *, max_examples: int | None = None,
     if use_tfds:
         if key == "digits":
             raise ValueError("digits comes from scikit-learn, not tfds")
-        images, labels = base_data.load_tfds(key, split=split, max_examples=max_examples,
-                                             data_dir=data_dir)
+        images, labels = datasets.load_tfds(key, split=split, max_examples=max_examples,
+                                            data_dir=data_dir)
     elif key == "fashion_mnist":
-        images, labels = base_data.load_fashion_mnist(split=split, data_dir=data_dir,
-                                                      max_examples=max_examples)
+        images, labels = datasets.load_fashion_mnist(split=split, data_dir=data_dir,
+                                                     max_examples=max_examples)
     else:
-        images, labels = base_data.load_digits()
+        images, labels = datasets.load_digits()
         sl = slice(0, _DIGITS_TRAIN) if split == "train" else slice(_DIGITS_TRAIN, None)
         images, labels = images[sl], labels[sl]
         if max_examples is not None:
             images, labels = images[:max_examples], labels[:max_examples]
     mean, std = STATS[key]
-    images01 = (np.asarray(images, np.float32) + 1.0) * 0.5     # jaxdiff gives [-1, 1]
+    images01 = (np.asarray(images, np.float32) + 1.0) * 0.5     # jaxinfra gives [-1, 1]
     return Dataset(normalize(images01, mean, std), np.asarray(labels, np.int32),
                    NUM_CLASSES[key], mean, std)
 

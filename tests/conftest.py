@@ -1,4 +1,6 @@
-"""Test configuration: 4 host CPU devices (for sharding tests) and float64 enabled.
+"""Test configuration: 4 host CPU devices (for sharding tests), float64 enabled, and
+offline image data from fixtures only (``JAXINFRA_DATA_PATH`` points at a folder this
+session writes; nothing installed on the machine is read).
 
 Library code never touches jax.config; only the tests do.
 """
@@ -11,7 +13,22 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from idx_files import write_fashion_like  # noqa: E402
+
 jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fixture_data_path(tmp_path_factory):
+    """Every test (and every subprocess it starts) sees only the fixture data sets."""
+    root = write_fashion_like(tmp_path_factory.mktemp("datasets"))
+    old = os.environ.get("JAXINFRA_DATA_PATH")
+    os.environ["JAXINFRA_DATA_PATH"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("JAXINFRA_DATA_PATH", None)
+    else:
+        os.environ["JAXINFRA_DATA_PATH"] = old
 
 
 def make_gmm(seed=0, k=3, dim=4, var_range=(0.3, 1.0)):

@@ -1,5 +1,5 @@
 """Knowledge Translation (KT, arXiv 2401.05772): pair generation, MLP-Mixer translator,
-evaluation on held-out networks (jaxkd/kt.py).
+evaluation on held-out networks (jaxkd/kt/).
 
     python -m jaxkd.kt --config=configs/kd/kt.py --workdir=runs/kt_paper        # GPU
     python -m jaxkd.kt --config=configs/kd/kt.py:cpu --workdir=runs/kt_cpu      # 2 CPUs
@@ -12,7 +12,7 @@ networks, the 24-layer Mixer (4,096,621 parameters; dropout 0.1), Adam lr 1e-3, 
 4096, 1000 epochs of cosine annealing, evaluation every 25 epochs on the 10k test images.
 The paper reports ~1 day on one A800 for the translator alone; the pairs took 8 GPUs.
 
-Options (comma-separated after the colon):
+Options (comma-separated after the colon; at most one of cpu and tiny):
   cpu:   reduced to fit ~20 minutes on 2 shared CPU cores (see docs/jaxkd_kt.md): 256
          training pairs and 32 held-out networks, each pair trained for only 30 + 30
          SGD steps of batch 16 on a 10k-image training subset (the paper: 4,690 + 4,690
@@ -25,18 +25,13 @@ Augmentation (paper's limited-data study) via overrides, e.g.
 """
 import ml_collections
 
-OPTIONS = ("cpu", "tiny")
+from jaxinfra import config_args
+
+SIZES = ("cpu", "tiny")
 
 
 def get_config(arg=None):
-    args = set(filter(None, (arg or "").split(",")))
-    unknown = args - set(OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown config option(s) {sorted(unknown)}; valid: "
-                         f"{', '.join(OPTIONS)}")
-    if len(args) > 1:
-        raise ValueError(f"options {sorted(args)} exclude each other; pick one of "
-                         f"{', '.join(OPTIONS)}")
+    size = config_args.parse(arg, choices={"size": SIZES}).choices["size"]
     c = ml_collections.ConfigDict()
     c.dataset = "fashion_mnist"        # fashion_mnist (offline) | mnist (tfds, network)
     c.max_train_examples = 0           # 0: the whole split
@@ -80,7 +75,7 @@ def get_config(arg=None):
     c.keep_checkpoints = 2
     c.progress = True
 
-    if "cpu" in args:
+    if size == "cpu":
         c.max_train_examples = 10_000
         c.max_test_examples = 1_000
         c.pairs.num_train = 256
@@ -98,7 +93,7 @@ def get_config(arg=None):
         c.eval_every = 10
         c.eval_batch_size = 500
         c.checkpoint_every = 10
-    if "tiny" in args:
+    if size == "tiny":
         c.max_train_examples = 512
         c.max_test_examples = 256
         c.pairs.num_train = 8

@@ -1,0 +1,254 @@
+"""Training of the noise-aware classifier (:mod:`jaxdiff.models.noisy_classifier`).
+
+Adam on softmax cross-entropy of noised images x = x_0 + sigma * eps, sigma log-uniform on
+[sigma_min, sigma_max] (default) or log-normal (EDM's ``exp(p_mean + p_std * n)``). A
+step's batch indices, sigmas and noise depend only on (seed, step), so an interrupted run
+resumed from its checkpoint ends with the same parameters as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import functools
+import time
+import zlib
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxdiff.models.noisy_classifier import NoisyClassifier, NoisyClassifierState
+from jaxinfra import checkpoints
+from jaxinfra.metrics import MetricsLog
+
+__all__ = ["NoiseConfig", "TrainState", "DEFAULTS", "SIGMA_DISTS", "sample_sigmas",
+           "train_step", "train", "load"]
+
+SIGMA_DISTS = ("loguniform", "lognormal")
+
+#: Default training settings (keys accepted by :func:`train`).
+DEFAULTS = {
+    "num_classes": 10, "width": 32, "features": 64, "emb_channels": 32,
+    "sigma_data": 0.5, "sigma_dist": "loguniform", "sigma_min": 0.002, "sigma_max": 80.0,
+    "p_mean": -1.2, "p_std": 1.2, "num_steps": 3000, "batch_size": 128, "lr": 2e-3,
+    "seed": 0, "log_every": 100, "checkpoint_every": 1000, "progress": True,
+}
+
+
+class NoiseConfig(NamedTuple):
+    """Training noise distribution (hashable: a jit static argument).
+
+    ``loguniform``: log sigma uniform on [log sigma_min, log sigma_max];
+    ``lognormal``: sigma = exp(p_mean + p_std * n), n ~ N(0, 1).
+    """
+    dist: str = "loguniform"
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+
+def sample_sigmas(key, n: int, noise: NoiseConfig):
+    """(n,) float32 noise levels drawn from ``noise``."""
+    if noise.dist == "loguniform":
+        lo, hi = np.log(noise.sigma_min), np.log(noise.sigma_max)
+        return jnp.exp(jax.random.uniform(key, (n,), jnp.float32, lo, hi))
+    if noise.dist == "lognormal":
+        return jnp.exp(noise.p_mean + noise.p_std * jax.random.normal(key, (n,), jnp.float32))
+    raise ValueError(f"unknown sigma_dist {noise.dist!r}; valid: {SIGMA_DISTS}")
+
+
+class TrainState(struct.PyTreeNode):
+    """step () int32, params, opt_state: everything a step changes (saved whole)."""
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tx", "noise", "batch_size"),
+                   donate_argnums=(0,))
+def train_step(state: TrainState, images, labels, key, *, model: NoisyClassifier,
+               tx: optax.GradientTransformation, noise: NoiseConfig, batch_size: int):
+    """One Adam step of softmax cross-entropy on a noised batch.
+
+    Args:
+      state: the :class:`TrainState` (donated).
+      images: (N, H, W, C) float32 clean training images in [-1, 1].
+      labels: (N,) int32 labels.
+      key: the run's data key; the step's key is ``fold_in(key, state.step)``.
+      model, tx, noise, batch_size: static settings.
+
+    Returns:
+      (new_state, metrics) with float32 ``loss`` (nats) and batch ``accuracy``.
+    """
+    k_idx, k_sigma, k_eps = jax.random.split(jax.random.fold_in(key, state.step), 3)
+    idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0], jnp.int32)
+    x0, y = images[idx], labels[idx]
+    sigma = sample_sigmas(k_sigma, batch_size, noise)
+    x = x0 + sigma[:, None, None, None] * jax.random.normal(k_eps, x0.shape, x0.dtype)
+
+    def loss_fn(p):
+        lg = model.apply({"params": p}, x, sigma)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg, y)), lg
+
+    (loss, lg), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state)
+    return new, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(lg, -1) == y)}
+
+
+# ------------------------------------------------------------------- settings, training
+def _settings(cfg: Mapping | None, images, labels) -> dict:
+    s = dict(DEFAULTS)
+    for k, v in dict(cfg or {}).items():
+        if k not in DEFAULTS:
+            raise ValueError(f"unknown noisy-classifier setting {k!r}; valid: "
+                             f"{sorted(DEFAULTS)}")
+        s[k] = v
+    if s["sigma_dist"] not in SIGMA_DISTS:
+        raise ValueError(f"unknown sigma_dist {s['sigma_dist']!r}; valid: {SIGMA_DISTS}")
+    if not 0 < float(s["sigma_min"]) < float(s["sigma_max"]):
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {s['sigma_min']}, "
+                         f"{s['sigma_max']}")
+    for k in ("num_steps", "batch_size", "num_classes", "width", "features", "emb_channels"):
+        if int(s[k]) != s[k] or int(s[k]) < 1:
+            raise ValueError(f"{k} must be an integer >= 1, got {s[k]!r}")
+    images = np.asarray(images)
+    if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images must be a float array (N, H, W, C), got {images.dtype} "
+                         f"{images.shape}")
+    labels = np.asarray(labels)
+    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an int array of shape ({images.shape[0]},), got "
+                         f"{labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= int(s["num_classes"])):
+        raise ValueError(f"labels must lie in [0, {s['num_classes']}), got "
+                         f"[{labels.min()}, {labels.max()}]")
+    out = {k: (float(v) if isinstance(v, float) else v) for k, v in s.items()}
+    # What the parameters depend on (a checkpoint with other values is not reused).
+    out["image_shape"] = list(images.shape[1:])
+    out["num_train"] = int(images.shape[0])
+    out["data_crc32"] = zlib.crc32(np.ascontiguousarray(images, np.float32).tobytes()
+                                   + np.ascontiguousarray(labels, np.int32).tobytes())
+    return out
+
+
+def _model(s: dict) -> NoisyClassifier:
+    return NoisyClassifier(num_classes=int(s["num_classes"]), width=int(s["width"]),
+                           features=int(s["features"]), emb_channels=int(s["emb_channels"]),
+                           sigma_data=float(s["sigma_data"]))
+
+
+def _noise(s: dict) -> NoiseConfig:
+    return NoiseConfig(str(s["sigma_dist"]), float(s["sigma_min"]), float(s["sigma_max"]),
+                       float(s["p_mean"]), float(s["p_std"]))
+
+
+@functools.lru_cache(maxsize=8)
+def _adam(lr: float):
+    return optax.adam(lr)
+
+
+_NOT_SAVED = ("log_every", "checkpoint_every", "progress")  # do not change the result
+
+
+def _init_state(model, s, tx):
+    x = jnp.zeros((1,) + tuple(s["image_shape"]), jnp.float32)
+    params = jax.jit(model.init)(jax.random.PRNGKey(int(s["seed"])), x,
+                                 jnp.ones((1,), jnp.float32))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None, *,
+          stop_at_step: int | None = None):
+    """Trains a :class:`NoisyClassifier` (or loads/resumes it from ``workdir``).
+
+    Args:
+      images: (N, H, W, C) float clean training images in [-1, 1].
+      labels: (N,) int labels in [0, num_classes).
+      cfg: settings overriding :data:`DEFAULTS` (a dict or ConfigDict).
+      workdir: optional folder for Orbax checkpoints (``workdir/checkpoints``),
+        ``metrics.jsonl`` and TensorBoard logs. A finished run with the same settings
+        is loaded without training; an unfinished one is resumed; a checkpoint with
+        other settings is an error (use another folder).
+      stop_at_step: stop after this step (simulates an interruption; a checkpoint is
+        saved there).
+
+    Returns:
+      ``(NoisyClassifierState, info)``; info holds the settings, ``steps_trained`` in
+      this call, ``seconds`` and the last logged ``loss``/``accuracy`` (on noised batches).
+
+    Raises:
+      ValueError: bad settings, images or labels (before any training), or a checkpoint
+        of different settings in ``workdir``.
+    """
+    from tqdm import tqdm
+
+    s = _settings(cfg, images, labels)
+    model, noise, tx = _model(s), _noise(s), _adam(float(s["lr"]))
+    state = _init_state(model, s, tx)
+    start, mngr = 0, None
+    if workdir is not None:
+        mngr = checkpoints.manager(workdir, save_every=int(s["checkpoint_every"]),
+                                         keep=2)
+        state, start = checkpoints.resume(
+            mngr, state, {"settings": s}, what="noisy classifier (other settings)",
+            key=lambda m: {k: v for k, v in m["settings"].items() if k not in _NOT_SAVED},
+            workdir=workdir)
+    end = int(s["num_steps"]) if stop_at_step is None else min(int(stop_at_step),
+                                                               int(s["num_steps"]))
+    images_d = jnp.asarray(images, jnp.float32)
+    labels_d = jnp.asarray(labels, jnp.int32)
+    key = jax.random.fold_in(jax.random.PRNGKey(int(s["seed"])), 7)
+    info = {"settings": s, "steps_trained": max(end - start, 0)}
+    t0 = time.perf_counter()
+    log = MetricsLog(workdir, start_step=start) if workdir is not None else None
+    acc = []
+    try:
+        with tqdm(total=end, initial=min(start, end), desc="noisy classifier", unit="step",
+                  disable=not s["progress"]) as bar:
+            for step in range(start + 1, end + 1):
+                state, m = train_step(state, images_d, labels_d, key, model=model, tx=tx,
+                                      noise=noise, batch_size=int(s["batch_size"]))
+                acc.append(m)
+                if step % int(s["log_every"]) == 0 or step == end:
+                    host = jax.device_get(acc)
+                    row = {k: float(np.mean([r[k] for r in host])) for k in host[0]}
+                    info.update(row)
+                    if log is not None:
+                        log.write(step, row, prefix="noisy_classifier")
+                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+                    acc = []
+                if mngr is not None and (step % int(s["checkpoint_every"]) == 0
+                                         or step == end):
+                    checkpoints.save(mngr, step, meta={"settings": s, "step": step},
+                                     state=state, force=step == end)
+                bar.update(1)
+    finally:
+        if log is not None:
+            log.close()
+        if mngr is not None:
+            mngr.wait_until_finished()
+            mngr.close()
+    info["seconds"] = time.perf_counter() - t0
+    info["step"] = int(state.step)
+    return NoisyClassifierState(model, state.params, tuple(s["image_shape"])), info
+
+
+def load(workdir: str) -> NoisyClassifierState:
+    """The classifier saved by :func:`train` in ``workdir`` (latest checkpoint).
+
+    Raises:
+      FileNotFoundError: no checkpoint there.
+    """
+    mngr, step = checkpoints.open_latest(
+        workdir, what="noisy-classifier",
+        hint="train one with jaxdiff.training.noisy_classifier.train(..., workdir=...)")
+    s = checkpoints.read_meta(mngr, step)["settings"]
+    model = _model(s)
+    target = jax.eval_shape(lambda: _init_state(model, s, _adam(float(s["lr"]))))
+    state = checkpoints.read(mngr, step, state=target)["state"]
+    mngr.close()
+    return NoisyClassifierState(model, state.params, tuple(s["image_shape"]))

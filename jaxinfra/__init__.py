@@ -1,0 +1,17 @@
+"""jaxinfra: the run infrastructure shared by jaxdiff, jaxkd and jaxgraph.
+
+Nothing here knows about diffusion, distillation or graphs; the three domain packages
+import it and never each other.
+
+    jaxinfra.metrics      MetricsLog: JSON lines + TensorBoard scalars per logged step
+    jaxinfra.images       image grids as uint8 arrays and PNG files
+    jaxinfra.checkpoints  one Orbax checkpoint API: manager, save, read, checked resume
+    jaxinfra.cli          the ``python -m pkg.job --config=... --workdir=...`` entry point
+    jaxinfra.config_args  parsing of the ``config.py:opt1,key=value`` argument
+    jaxinfra.mesh         1-D device meshes and their NamedShardings
+    jaxinfra.datasets     offline image data (digits, Fashion-MNIST IDX files, tfds)
+
+Submodules are imported on use (``from jaxinfra import checkpoints``), so importing the
+package itself loads nothing heavy.
+"""
+__all__ = ["metrics", "images", "checkpoints", "cli", "config_args", "mesh", "datasets"]

@@ -1,0 +1,72 @@
+"""Metrics of a run as JSON lines (``workdir/metrics.jsonl``) and TensorBoard scalars
+(``workdir/tb``, written with tensorboardX), one :meth:`MetricsLog.write` per logged step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+
+import numpy as np
+
+__all__ = ["MetricsLog"]
+
+
+class MetricsLog:
+    """Appends metrics to ``workdir/metrics.jsonl`` and to TensorBoard under ``workdir/tb``.
+
+    Use as a context manager::
+
+        with MetricsLog(workdir, start_step=step0) as log:
+            log.write(step, {"loss": 0.3, "lr": 1e-3})            # train/loss, train/lr
+            log.write(step, {"accuracy": 0.9}, prefix="eval")
+
+    Each ``write`` is one JSON line ``{"step": step, "<prefix>/<name>": value, ...}`` (plain
+    names when ``prefix`` is empty). Values must be scalars (Python or 0-d arrays).
+    ``start_step`` > 0 (a resumed run) purges TensorBoard events logged after it.
+    """
+
+    def __init__(self, workdir: str, *, start_step: int = 0, tensorboard: bool = True):
+        os.makedirs(workdir, exist_ok=True)
+        self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._writer = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+            self._writer = SummaryWriter(os.path.join(workdir, "tb"),
+                                         purge_step=start_step or None)
+
+    def write(self, step: int, metrics: dict, prefix: str = "train") -> dict:
+        """Logs ``metrics`` at ``step``; returns the row written (floats, prefixed names)."""
+        row = {"step": int(step)}
+        for name, value in metrics.items():
+            value = np.asarray(value)
+            if value.size != 1:
+                raise ValueError(f"metric {name!r} must be a scalar, got shape {value.shape}")
+            value = value.item()
+            if not isinstance(value, numbers.Number):
+                raise ValueError(f"metric {name!r} must be a number, got {value!r}")
+            row[f"{prefix}/{name}" if prefix else name] = value
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for name, value in row.items():
+                if name != "step" and math.isfinite(value):
+                    self._writer.add_scalar(name, value, int(step))
+        return row
+
+    def image(self, step: int, name: str, image) -> None:
+        """Adds an (H, W, C) uint8 image to TensorBoard."""
+        if self._writer is not None:
+            self._writer.add_image(name, np.asarray(image), int(step), dataformats="HWC")
+
+    def close(self) -> None:
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,111 @@
+"""The whole KT experiment of a ``configs/kd/kt.py`` config: pairs -> translator ->
+evaluation, with ``results.json`` and a printed report.
+
+Writes to ``workdir``: ``pairs/{train,val}_<chunk>.npz`` (:mod:`jaxkd.kt.pairs`),
+``checkpoints/<epoch>/`` (:mod:`jaxkd.kt.translator`), ``metrics.jsonl`` + ``tb/``
+(train loss per epoch, eval accuracies) and ``results.json`` (:func:`run`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkd.kt import data, evaluate, nets, pairs, translator
+from jaxkd.kt.augmentation import check_target
+
+__all__ = ["check_config", "run", "report"]
+
+
+def check_config(config):
+    """Raises a ValueError naming the bad option and the valid ones, before any work."""
+    data.check_dataset(config.dataset)
+    a = config.augment
+    check_target("augment.mask_target", a.mask_target)
+    check_target("augment.noise_target", a.noise_target)
+    if not 0.0 <= float(a.mask_prob) < 1.0:
+        raise ValueError(f"augment.mask_prob must be in [0, 1), got {a.mask_prob}")
+    if float(a.noise_std) < 0:
+        raise ValueError(f"augment.noise_std must be >= 0, got {a.noise_std}")
+    t = config.translator
+    translator.make_optimizer(str(t.optimizer), 1.0, 0.0, 0.0, 1, 1, str(t.schedule))
+    for name in ("num_train", "num_val", "batch_size", "chunk_size"):
+        if int(config.pairs[name]) < 1:
+            raise ValueError(f"pairs.{name} must be >= 1, got {config.pairs[name]}")
+    if int(t.batch_size) > int(config.pairs.num_train):
+        raise ValueError(f"translator.batch_size ({t.batch_size}) exceeds "
+                         f"pairs.num_train ({config.pairs.num_train})")
+
+
+def run(config, workdir: str, *, stop_at_epoch: int | None = None) -> dict:
+    """The whole KT pipeline (pairs -> translator -> evaluation); writes results.json.
+
+    Args:
+      config: a ``configs/kd/kt.py`` ConfigDict.
+      workdir: output folder; saved pair chunks and translator checkpoints are reused.
+      stop_at_epoch: stop the translator after this epoch (simulates an interruption).
+
+    Returns:
+      The ``results.json`` dict: accuracy summaries of every block (``accuracy``), the
+      evaluations during training (``evals``), sizes, settings and wall times.
+    """
+    check_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    progress = bool(config.progress)
+    t0 = time.perf_counter()
+    train_x, train_y, test_x, test_y = data.load_data(config)
+    train_x, train_y = jnp.asarray(train_x), jnp.asarray(train_y)
+    train_pairs = pairs.pair_set(config, "train", train_x, train_y, workdir, progress=progress)
+    val_pairs = pairs.pair_set(config, "val", train_x, train_y, workdir, progress=progress)
+    t_pairs = time.perf_counter() - t0
+    test_x, test_y = jnp.asarray(test_x), jnp.asarray(test_y)
+    t1 = time.perf_counter()
+    state, evals = translator.train_translator(config, workdir, train_pairs, val_pairs,
+                                               test_x, test_y, stop_at_epoch=stop_at_epoch,
+                                               progress=progress)
+    t_translator = time.perf_counter() - t1
+    base = evaluate.baselines(config, train_pairs, val_pairs, test_x, test_y)
+    result = {
+        "dataset": str(config.dataset),
+        "num_train_pairs": int(config.pairs.num_train),
+        "num_val_networks": int(config.pairs.num_val),
+        "test_examples": int(test_x.shape[0]),
+        "pair_recipe": dict(config.pairs),
+        "translator": dict(config.translator),
+        "augment": dict(config.augment),
+        "translator_params": nets.count_params(state.params),
+        "epochs_done": int(state.epoch),
+        "final_train_loss_large": float(np.mean(train_pairs["loss_large"])),
+        "final_train_loss_small": float(np.mean(train_pairs["loss_small"])),
+        "accuracy": dict(base, translated_final=evals[-1]["translated"] if evals else None,
+                         translated_best=max(evals, key=lambda e: e["translated"]["mean"])
+                         if evals else None),
+        "evals": evals,
+        "wall_seconds": {"pairs": t_pairs, "translator": t_translator,
+                         "total": time.perf_counter() - t0},
+        "devices": [str(d) for d in jax.devices()],
+    }
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def report(result, workdir):
+    """Prints the accuracy table of a :func:`run` result."""
+    acc = result["accuracy"]
+    print(f"KT on {result['dataset']}: {result['num_train_pairs']} training pairs, "
+          f"{result['num_val_networks']} held-out networks, "
+          f"{result['test_examples']} test images (results in {workdir}/results.json)")
+    rows = [("large (BasicBlock)", acc["large"]),
+            ("direct (trained compressed)", acc["direct"]),
+            ("translated (final)", acc["translated_final"]),
+            ("random init", acc["random_init"]),
+            ("mean train block", acc["mean_train_block"])]
+    for name, s in rows:
+        if s is not None:
+            print(f"  {name:30s} mean {s['mean']:6.2f}%  min {s['min']:6.2f}%  "
+                  f"max {s['max']:6.2f}%")

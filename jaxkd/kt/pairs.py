@@ -1,0 +1,209 @@
+"""KT's training pairs: a large network and a compressed middle block trained inside it.
+
+One "pair" trains a classifier ``Begin -> BasicBlock -> Last`` on 28x28 grey images
+(stage 1: SGD with momentum, BatchNorm in training mode, random horizontal flips), then
+freezes Begin/Last (BatchNorm on its running statistics) and trains a fresh
+``SimpleBlockNoBn`` in the middle (stage 2, same optimiser). Pairs are independent, so
+thousands train at once: ``jax.vmap`` over their keys, ``lax.scan`` over SGD steps, and,
+with several devices, the pair axis sharded over a 1-D mesh ("nets"). Batches are drawn
+with replacement, the indices depending only on (pair key, step) (the paper shuffles
+epochs).
+
+A pair set is saved as ``workdir/pairs/<split>_<chunk>.npz`` (one file per chunk, written
+atomically); an interrupted generation resumes at the first missing chunk.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from jaxinfra import mesh as mesh_lib
+from jaxkd.kt import nets
+
+__all__ = ["PairConfig", "pair_config", "train_pair", "generate_pairs", "pair_set",
+           "pair_arrays"]
+
+
+class PairConfig(NamedTuple):
+    """Static settings of one pair's training (hashable: a jit static argument).
+
+    Built from ``config.pairs`` by :func:`pair_config` (configs/kd/kt.py holds the
+    values; the paper's: batch 128, 4,690 + 4,690 steps, SGD lr 0.01, momentum 0.9,
+    flips).
+    """
+    batch_size: int
+    steps_large: int            # stage 1: Begin + BasicBlock + Last
+    steps_small: int            # stage 2: SimpleBlockNoBn between the frozen Begin/Last
+    lr: float
+    momentum: float
+    flip: bool
+
+
+def pair_config(config) -> PairConfig:
+    """The :class:`PairConfig` of ``config.pairs``."""
+    p = config.pairs
+    return PairConfig(batch_size=int(p.batch_size), steps_large=int(p.steps_large),
+                      steps_small=int(p.steps_small), lr=float(p.lr),
+                      momentum=float(p.momentum), flip=bool(p.flip))
+
+
+def _batch(key, images, labels, batch_size, flip):
+    """A batch drawn with replacement, randomly flipped left-right.
+
+    One ``random.bits`` call gives both the indices (bits mod N; the bias, < N / 2^32,
+    is negligible) and the flips: a single PRNG site per step keeps compile time low.
+    """
+    bits = jax.random.bits(key, (2, batch_size), jnp.uint32)
+    idx = (bits[0] % jnp.uint32(images.shape[0])).astype(jnp.int32)
+    x, y = images[idx], labels[idx]
+    if flip:
+        f = (bits[1] & 1).astype(bool)[:, None, None, None]
+        x = jnp.where(f, x[:, :, ::-1], x)
+    return x, y
+
+
+def _xent(logits, y):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def train_pair(key, images, labels, *, cfg: PairConfig) -> dict:
+    """Trains one (large, compressed) pair; pure, so ``jax.vmap`` over ``key`` trains many.
+
+    Args:
+      key: PRNG key of this pair (init, data order, flips).
+      images: (N, 28, 28, 1) float32 in [0, 1]; labels: (N,) int32.
+      cfg: the pair recipe.
+
+    Returns:
+      dict with ``begin``, ``basic``, ``last`` (Flax variables of the trained large
+      network: params and batch_stats) and ``simple`` (params of the compressed block
+      trained between the frozen Begin/Last), plus the scalar final-step losses
+      ``loss_large`` and ``loss_small`` (float32).
+    """
+    k_init, k_simple, k_data1, k_data2 = jax.random.split(key, 4)
+    tx = optax.sgd(cfg.lr, momentum=cfg.momentum)
+    v = nets.init_classifier(k_init, "basic")
+
+    def loss_large(params, stats, x, y):
+        variables = {b: {"params": params[b], "batch_stats": stats[b]} for b in params}
+        logits, new = nets.classifier_apply(variables, x, middle="basic", train=True)
+        return _xent(logits, y), {b: new[b]["batch_stats"] for b in new}
+
+    def step_large(carry, i):
+        params, stats, opt = carry
+        x, y = _batch(jax.random.fold_in(k_data1, i), images, labels, cfg.batch_size,
+                      cfg.flip)
+        (loss, stats), g = jax.value_and_grad(loss_large, has_aux=True)(params, stats, x, y)
+        upd, opt = tx.update(g, opt, params)
+        return (optax.apply_updates(params, upd), stats, opt), loss
+
+    params = {b: v[b]["params"] for b in v}
+    stats = {b: v[b]["batch_stats"] for b in v}
+    (params, stats, _), losses1 = jax.lax.scan(
+        step_large, (params, stats, tx.init(params)), jnp.arange(cfg.steps_large))
+    large = {b: {"params": params[b], "batch_stats": stats[b]} for b in params}
+    large = {"begin": large["begin"], "middle": large["middle"], "last": large["last"]}
+
+    # Stage 2: Begin/Last frozen in evaluation mode; only the compressed block learns.
+    simple = nets.init_simple(k_simple)
+
+    def loss_small(sp, x, y):
+        variables = dict(large, middle={"params": sp})
+        return _xent(nets.classifier_apply(variables, x, middle="simple")[0], y)
+
+    def step_small(carry, i):
+        sp, opt = carry
+        x, y = _batch(jax.random.fold_in(k_data2, i), images, labels, cfg.batch_size,
+                      cfg.flip)
+        loss, g = jax.value_and_grad(loss_small)(sp, x, y)
+        upd, opt = tx.update(g, opt, sp)
+        return (optax.apply_updates(sp, upd), opt), loss
+
+    (simple, _), losses2 = jax.lax.scan(step_small, (simple, tx.init(simple)),
+                                        jnp.arange(cfg.steps_small))
+    last = lambda l: l[-1] if l.shape[0] else jnp.float32(jnp.nan)
+    return {"begin": large["begin"], "basic": large["middle"], "last": large["last"],
+            "simple": simple, "loss_large": last(losses1), "loss_small": last(losses2)}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _train_pairs(keys, images, labels, *, cfg):
+    return jax.vmap(functools.partial(train_pair, cfg=cfg), in_axes=(0, None, None))(
+        keys, images, labels)
+
+
+def generate_pairs(key, num: int, images, labels, *, cfg: PairConfig) -> dict:
+    """``num`` pairs trained at once (vmap); see :func:`train_pair` for the leaves,
+    each with a leading axis of size ``num``.
+
+    Pair i uses ``jax.random.fold_in(key, i)``, so a pair depends neither on ``num`` nor
+    on the device count. With several devices and ``num`` divisible by their count, the
+    pair axis is sharded over a 1-D mesh ("nets"); images are replicated.
+    """
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num))
+    images, labels = jnp.asarray(images), jnp.asarray(labels)
+    n_dev = jax.local_device_count()
+    if n_dev > 1 and num % n_dev == 0:
+        mesh = mesh_lib.mesh_1d("nets", n_dev)
+        keys = jax.device_put(keys, mesh_lib.sharded(mesh))
+        images = jax.device_put(images, mesh_lib.replicated(mesh))
+        labels = jax.device_put(labels, mesh_lib.replicated(mesh))
+    return _train_pairs(keys, images, labels, cfg=cfg)
+
+
+def _save_npz(path, tree):
+    flat = traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **{k: np.asarray(v) for k, v in flat.items()})
+    os.replace(tmp, path)  # Atomic: a chunk file is complete or absent.
+
+
+def _load_npz(path):
+    with np.load(path) as f:
+        return traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep="/")
+
+
+def pair_set(config, split: str, images, labels, workdir: str, *, progress=True) -> dict:
+    """Generates (or loads the saved chunks of) the ``split`` pairs ("train" or "val").
+
+    Pair i of chunk c uses key fold_in(fold_in(fold_in(PRNGKey(seed), 0 for train or
+    1 for val), c), i): ``images``/``labels`` are only read for missing chunks.
+    """
+    from tqdm import tqdm
+    p = config.pairs
+    num = int(p.num_train if split == "train" else p.num_val)
+    chunk = max(1, min(int(p.chunk_size), num))
+    cfg = pair_config(config)
+    base = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)),
+                              {"train": 0, "val": 1}[split])
+    folder = os.path.join(workdir, "pairs")
+    os.makedirs(folder, exist_ok=True)
+    parts = []
+    starts = list(range(0, num, chunk))
+    for c, lo in enumerate(tqdm(starts, desc=f"{split} pairs (x{chunk})", unit="chunk",
+                                disable=not progress)):
+        path = os.path.join(folder, f"{split}_{c:05d}.npz")
+        n = min(chunk, num - lo)
+        if os.path.exists(path):
+            part = _load_npz(path)
+        else:
+            key = jax.random.fold_in(base, c)
+            part = jax.device_get(generate_pairs(key, n, images, labels, cfg=cfg))
+            _save_npz(path, part)
+        parts.append(part)
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
+
+
+def pair_arrays(pairs):
+    """Translator inputs (P, 72, 9) and targets (P, 36, 9) from a pair set."""
+    tokens = jax.vmap(nets.basic_tokens)(pairs["basic"]["params"])
+    kernels = jax.vmap(nets.simple_to_kernels)(pairs["simple"])
+    targets = jax.vmap(nets.kernels_to_output)(*kernels)
+    return np.asarray(tokens, np.float32), np.asarray(targets, np.float32)

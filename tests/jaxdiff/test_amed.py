@@ -1,0 +1,148 @@
+"""AMED-Solver / AMED-Plugin: mechanics against the base solvers, training, checkpoints."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxdiff
+from jaxdiff import amed, schedules
+from jaxdiff.training import amed as amed_training
+
+
+def _neutral(base, num_steps, afs=True, **opts):
+    """Zero parameters: r = 0.5 (geometric midpoint), c = 1, t = 1."""
+    p = amed.init(jax.random.PRNGKey(0), base=base, num_steps=num_steps, afs=afs,
+                  scale_time=0.2, **opts)
+    return p.replace(params=jax.tree.map(jnp.zeros_like, p.params), num_updates=1)
+
+
+def _refined(sigmas):
+    """Insert the geometric midpoint into every interval: 2N - 1 timestamps."""
+    mid = jnp.sqrt(sigmas[:-1] * sigmas[1:])
+    return jnp.stack([sigmas[:-1], mid], axis=1).reshape(-1).tolist() + [float(sigmas[-1])]
+
+
+def test_parameter_counts_match_the_reference_layers():
+    assert amed.num_params(amed.init(jax.random.PRNGKey(0), base="amed", num_steps=4)) == 8950
+    assert amed.num_params(amed.init(jax.random.PRNGKey(0), base="ipndm", num_steps=4,
+                                     scale_time=0.2)) == 8971
+
+
+@pytest.mark.parametrize("afs", [False, True])
+@pytest.mark.parametrize("base,opts", [("euler", {}), ("ipndm", {"max_order": 4}),
+                                       ("ipndm", {"max_order": 2}), ("dpmpp", {"max_order": 3}),
+                                       ("dpmpp", {"max_order": 2, "lower_order_final": False})])
+def test_neutral_plugin_is_the_base_solver_on_the_refined_schedule(denoise, base, opts, afs):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 4)) * 80)
+    sigmas = schedules.get("polynomial", 5)
+    got = jaxdiff.sample(denoise, x, sigmas, solver=base, amed=_neutral(base, 5, afs, **opts))
+    want = jaxdiff.sample(denoise, x, jnp.asarray(_refined(sigmas)), solver=base, afs=afs,
+                          **opts)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("base", ["amed", "dpm2"])
+def test_neutral_solver_is_dpm_solver_2(denoise, base):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 4)) * 80)
+    sigmas = schedules.get("time_uniform", 5)
+    got = jaxdiff.sample(denoise, x, sigmas, solver=base, amed=_neutral(base, 5))
+    want = jaxdiff.sample(denoise, x, sigmas, solver="dpm2", afs=True)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_nfe_counts_real_calls(denoise):
+    calls = []
+
+    def counted(x, sigma):
+        if not isinstance(x, jax.core.Tracer):
+            calls.append(1)
+        return denoise(x, sigma)
+
+    for afs in (False, True):
+        calls.clear()
+        with jax.disable_jit():
+            jaxdiff.sample(counted, jnp.ones((2, 4)), schedules.get("polynomial", 4),
+                           solver="ipndm", amed=_neutral("ipndm", 4, afs))
+        assert len(calls) == jaxdiff.nfe("ipndm", 4, afs=afs, amed=True) == 6 - afs
+
+
+@pytest.fixture(scope="module")
+def trained(denoise):
+    x_T = 5.0 * jax.random.normal(jax.random.PRNGKey(3), (256, 4), jnp.float64)
+    sigmas = schedules.get("polynomial", 4, sigma_min=0.05, sigma_max=5.0)
+    logs = []
+    pred = amed_training.train(denoise, x_T, sigmas, base="euler", batch_size=64, epochs=3,
+                      learning_rate=2e-2, log_fn=logs.append)
+    return pred, sigmas, logs
+
+
+def test_training_lowers_the_loss(trained):
+    pred, _, logs = trained
+    assert pred.num_updates == 12 * 3
+    assert logs[-1]["loss"] < 0.7 * logs[0]["loss"], [l["loss"] for l in logs]
+
+
+def test_checkpoint_round_trip_gives_identical_samples(trained, denoise, tmp_path):
+    pred, sigmas, _ = trained
+    amed_training.save(str(tmp_path / "amed"), pred)
+    again = amed_training.load(str(tmp_path / "amed"))
+    assert (again.base, again.num_steps, again.num_updates) == ("euler", 4, pred.num_updates)
+    x = 5.0 * jax.random.normal(jax.random.PRNGKey(9), (8, 4), jnp.float64)
+    np.testing.assert_array_equal(jaxdiff.sample(denoise, x, sigmas, solver="euler", amed=pred),
+                                  jaxdiff.sample(denoise, x, sigmas, solver="euler", amed=again))
+
+
+def test_mismatches_are_clear_errors(trained, denoise, tmp_path):
+    pred, sigmas, _ = trained
+    x = jnp.ones((2, 4))
+    with pytest.raises(ValueError, match="trained for base solver 'euler', not 'ipndm'"):
+        jaxdiff.sample(denoise, x, sigmas, solver="ipndm", amed=pred)
+    with pytest.raises(ValueError, match="num_steps=4 timestamps, got sigmas of length 6"):
+        jaxdiff.sample(denoise, x, schedules.get("polynomial", 6), solver="euler", amed=pred)
+    with pytest.raises(ValueError, match="untrained"):
+        jaxdiff.sample(denoise, x, sigmas, solver="euler",
+                       amed=amed.init(jax.random.PRNGKey(0), base="euler", num_steps=4))
+    with pytest.raises(ValueError, match='solver="amed" needs a trained predictor'):
+        jaxdiff.sample(denoise, x, sigmas, solver="amed")
+    with pytest.raises(FileNotFoundError, match="no AMED predictor"):
+        amed_training.load(str(tmp_path / "nothing"))
+    with pytest.raises(ValueError, match="unknown AMED base solver 'heun'"):
+        amed.init(jax.random.PRNGKey(0), base="heun", num_steps=4)
+
+
+def test_amed_train_cli_tiny(tmp_path):
+    from configs.amed_digits import get_config
+    from jaxdiff.experiments import amed as amed_train
+    res = amed_train.run(get_config("tiny"), str(tmp_path))
+    row = res["rows"][0]
+    assert row["nfe"] == 5 and row["updates"] == 2 * 3 and np.isfinite(row["amed_error"])
+    assert (tmp_path / "nfe5" / "amed.json").exists()
+    assert amed_training.load(str(tmp_path / "nfe5")).num_updates == 6
+
+
+def test_predicted_schedule_of_neutral_predictor_is_the_geometric_midpoint():
+    sigmas = schedules.get("polynomial", 5)
+    r, s_mid, c, t = amed.predicted_schedule(_neutral("ipndm", 5), sigmas)
+    np.testing.assert_allclose(r, 0.5)
+    np.testing.assert_allclose(s_mid, np.sqrt(sigmas[:-1] * sigmas[1:]), rtol=1e-5)
+    np.testing.assert_allclose(c, 1.0)
+    np.testing.assert_allclose(t, 1.0)
+
+
+def test_unet_features_reach_the_predictor_and_params_are_traced():
+    from jaxdiff.models import unet
+    model = unet.UNet(image_size=8, in_channels=1, base_channels=8, channel_mults=(1, 2),
+                      num_res_blocks=1)
+    params = unet.init(model, jax.random.PRNGKey(0))
+    denoise, feats = unet.make_denoiser(model, params), unet.make_feature_fn(model, params)
+    x = 80.0 * jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1), jnp.float32)
+    sigmas = schedules.get("polynomial", 3)
+    pred = amed_training.train(denoise, x, sigmas, base="amed", feature_fn=feats, feature_dim=16,
+                      batch_size=4, afs=False)
+    out = jaxdiff.sample(denoise, x, sigmas, solver="amed", amed=pred, feature_fn=feats)
+    assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+    # the features change the prediction (zeros would not)
+    f = feats(x, jnp.full((4,), 80.0))
+    r_feat = amed.predicted_schedule(pred, sigmas[:2], feature=f[:1])[0]
+    r_zero = amed.predicted_schedule(pred, sigmas[:2])[0]
+    assert not np.allclose(r_feat, r_zero)

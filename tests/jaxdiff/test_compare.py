@@ -1,0 +1,28 @@
+"""The low-NFE comparison job (GITS, AMED, baselines) end to end in a test-sized mode."""
+import pytest
+
+from configs.compare_digits import get_config
+from jaxdiff.experiments import compare
+
+
+def test_compare_runs_every_method(tmp_path):
+    res = compare.run(get_config("test"), str(tmp_path))
+    rows = res["regimes"]["gmm"]["rows"]
+    assert {r["method"] for r in rows} == set(compare.METHODS)
+    by = {r["method"]: r for r in rows}
+    assert by["ipndm+gits"]["teacher_nfe"] == 8 * 10 and by["ipndm"]["teacher_nfe"] == 0
+    assert by["amed"]["teacher_nfe"] > 0
+    assert all(r["error"] > 0 for r in rows)
+    assert "iPNDM+GITS" in (tmp_path / "results.md").read_text()
+
+
+def test_bad_config_fails_fast(tmp_path):
+    cfg = get_config("test")
+    cfg.methods = ("ipndm", "rk4")
+    with pytest.raises(ValueError, match="unknown method 'rk4'"):
+        compare.run(cfg, str(tmp_path))
+    cfg = get_config("test")
+    cfg.regimes = ("edm",)
+    cfg.edm_workdir = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="python -m jaxdiff.train"):
+        compare.run(cfg, str(tmp_path))

@@ -1,0 +1,66 @@
+"""jaxdiff.fid: Fréchet distance against closed forms, the classifier pipeline, bad input."""
+import numpy as np
+import pytest
+
+from configs import edm_digits
+from jaxdiff import frechet as fid
+from jaxdiff.experiments import fid as fid_experiment
+from jaxinfra import datasets as data
+
+
+def test_frechet_distance_diagonal_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    v1, v2 = rng.uniform(0.1, 2.0, size=6), rng.uniform(0.1, 2.0, size=6)
+    closed = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
+    got = fid.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2))
+    np.testing.assert_allclose(got, closed, rtol=1e-10)
+    # A shared rotation leaves the distance unchanged.
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    rot = fid.frechet_distance(q @ mu1, q @ np.diag(v1) @ q.T, q @ mu2, q @ np.diag(v2) @ q.T)
+    np.testing.assert_allclose(rot, closed, rtol=1e-8)
+    # One dimension: (m1 - m2)^2 + (s1 - s2)^2.
+    np.testing.assert_allclose(fid.frechet_distance([1.0], [[4.0]], [0.0], [[1.0]]), 2.0)
+
+
+def test_frechet_distance_identical_and_singular():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(5, 5))
+    cov = a @ a.T
+    mu = rng.normal(size=5)
+    assert abs(fid.frechet_distance(mu, cov, mu, cov)) < 1e-8
+    sing = np.diag([1.0, 0.0, 2.0])                       # rank-deficient, as ReLU features
+    assert abs(fid.frechet_distance(np.zeros(3), sing, np.zeros(3), sing)) < 1e-6
+    with pytest.raises(ValueError, match="shape mismatch"):
+        fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_classifier_features_and_fd_of_real_images():
+    images, labels = data.load("digits", max_examples=600)
+    state = fid.train_classifier(images[:500], labels[:500], width=8, features=16, epochs=8,
+                                 batch_size=50, lr=1e-2)
+    acc = fid.accuracy(state, images[500:], labels[500:])
+    assert acc > 0.5, acc                                   # chance is 0.1
+    f = fid.features(state, images[:7], batch_size=4)       # padded last batch
+    assert f.shape == (7, 16) and f.dtype == np.float64
+    real = fid.feature_stats(state, images)
+    assert real.mu.shape == (16,) and real.sigma.shape == (16, 16) and real.n == 600
+    assert abs(fid.fd_of_samples(images, state, real)) < 1e-6       # FD(real, real) = 0
+    noise = np.random.default_rng(0).uniform(-1, 1, images.shape).astype(np.float32)
+    assert fid.fd_of_samples(noise, state, real) > 10 * fid.fd_of_samples(
+        images[:300], state, fid.feature_stats(state, images[300:]))
+    with pytest.raises(ValueError, match="trained on"):
+        fid.fd_of_samples(np.zeros((4, 28, 28, 1), np.float32), state, real)
+
+
+def test_load_splits_and_bad_input():
+    cfg = edm_digits.get_config("tiny")
+    (xtr, ytr), (xte, yte) = fid_experiment.load_splits(cfg)
+    assert xtr.shape == (256, 8, 8, 1) and xte.shape == (359, 8, 8, 1)
+    cfg.dataset = "no_such_dataset_xyz"
+    with pytest.raises(ValueError, match="unknown data set"):
+        fid_experiment.load_splits(cfg)
+    with pytest.raises(ValueError, match="solver:NFE"):
+        fid_experiment._parse_eval("heun")
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        fid.train_classifier(np.zeros((4, 8, 8, 1), np.float32), np.array([0, 1, 2, 10]))
