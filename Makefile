@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-fashion test bench bench-deps tables install clean fashion-data
+.PHONY: demo demo-fashion test lint bench bench-deps tables install clean fashion-data
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -17,15 +17,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VPY) -m jaxdiff.bench --config=configs/bench_digits.py --workdir=runs/demo
 
-# Fashion-MNIST IDX files from Debian (needs root or sudo).
+# Fashion-MNIST IDX files from Debian (needs root or sudo). Only the jobs that name it
+# need it (demo-fashion, tables); no test does: tests use fixtures (tests/idx_files.py).
 fashion-data:
 	test -d /usr/share/datasets/fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 
 demo-fashion: $(STAMP) fashion-data
 	$(VPY) -m jaxdiff.bench --config=configs/bench_fashion_mnist.py --workdir=runs/fashion
 
+# Tests read no data set installed on the machine: conftest.py points JAXINFRA_DATA_PATH
+# at fixture files it writes (.ci/run also hides the default folder).
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(VPY) -m pytest -q -n auto tests
+
+lint: $(STAMP)
+	$(VPY) -m ruff check .
 
 # The peers, installed light: PyPI's Linux torch wheel pulls ~3 GB of CUDA libraries, so a
 # CPU-only torch wheel is taken first when pip finds one without an index (find-links);

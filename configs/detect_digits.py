@@ -26,9 +26,8 @@ Options (comma-separated after the colon):
 """
 import ml_collections
 
-from jaxinfra import config_args
-
 from configs import edm_digits
+from jaxinfra import config_args
 
 SECOND_SEED = 1
 SECOND_WIDTH = 24

@@ -9,8 +9,18 @@ amed, guidance, conditioning, detection); ``jaxdiff.models`` holds the Flax netw
 ``jaxdiff.training`` their trainers and ``jaxdiff.experiments`` the jobs behind
 ``python -m jaxdiff.<job>``. Run infrastructure (logs, checkpoints, data) is ``jaxinfra``.
 """
-from jaxdiff import (amed, callables, conditioning, denoisers, detectors, geometry, gits,
-                     guidance, schedules, solvers)
+from jaxdiff import (
+                     amed,
+                     callables,
+                     conditioning,
+                     denoisers,
+                     detectors,
+                     geometry,
+                     gits,
+                     guidance,
+                     schedules,
+                     solvers,
+)
 from jaxdiff.sampling import Trajectory, nfe, sample, steps_for_nfe, validate_sigmas
 
 __all__ = ["sample", "nfe", "steps_for_nfe", "Trajectory", "validate_sigmas", "schedules",

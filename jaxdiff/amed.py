@@ -25,8 +25,14 @@ import numpy as np
 from flax import struct
 
 from jaxdiff import callables
-from jaxdiff.solvers.base import (afs_evaluator, check_order, combine, dynamic_thresholding,
-                                  model_evaluator, push)
+from jaxdiff.solvers.base import (
+    afs_evaluator,
+    check_order,
+    combine,
+    dynamic_thresholding,
+    model_evaluator,
+    push,
+)
 from jaxdiff.solvers.dpmpp import dpmpp_coefficients
 from jaxdiff.solvers.multistep import _AB
 
@@ -292,7 +298,8 @@ def _run(predictor, denoise_fn, feature_fn, x, sigmas, return_trajectory):
 @functools.partial(jax.jit, static_argnames=("fn_def", "feat_def", "return_trajectory"))
 def _run_jit(predictor, x, sigmas, fn_leaves, feat_leaves, *, fn_def, feat_def,
              return_trajectory):
-    return _run(predictor, callables.join(fn_def, fn_leaves), callables.join(feat_def, feat_leaves), x, sigmas,
+    return _run(predictor, callables.join(fn_def, fn_leaves),
+                callables.join(feat_def, feat_leaves), x, sigmas,
                 return_trajectory)
 
 

@@ -48,9 +48,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdiff.detect_features import (check_images as _check_images, dire_error,
-                                     dire_features, frequency_features, highpass_residual,
-                                     log_error_map, quantize, radial_spectrum)
+from jaxdiff.detect_features import check_images as _check_images
+from jaxdiff.detect_features import (
+    dire_error,
+    dire_features,
+    frequency_features,
+    highpass_residual,
+    log_error_map,
+    quantize,
+    radial_spectrum,
+)
 
 __all__ = ["Detector", "LogisticState", "CNNState", "CNN", "frequency_features",
            "radial_spectrum", "highpass_residual", "dire_error", "dire_features",

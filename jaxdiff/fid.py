@@ -1,4 +1,7 @@
-"""``python -m jaxdiff.fid``: Classifier-feature Fréchet distance of a trained EDM model's samplers (:mod:`jaxdiff.experiments.fid`)."""
+"""``python -m jaxdiff.fid``: Classifier-feature Fréchet distance of a trained EDM model's samplers.
+
+The job lives in :mod:`jaxdiff.experiments.fid`; this module only launches it.
+"""
 from jaxdiff.experiments.fid import main
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""``python -m jaxdiff.guide``: Guidance, inpainting, inversion and SDEdit figures (:mod:`jaxdiff.experiments.guide`)."""
+"""``python -m jaxdiff.guide``: Guidance, inpainting, inversion and SDEdit figures.
+
+The job lives in :mod:`jaxdiff.experiments.guide`; this module only launches it.
+"""
 from jaxdiff.experiments.guide import main
 
 if __name__ == "__main__":

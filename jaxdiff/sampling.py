@@ -211,7 +211,7 @@ _SHAPES_OK: dict = {}
 
 def _check_denoiser_shape(denoise_fn, x, fn_def, fn_leaves):
     """ValueError unless denoise_fn maps (B, ...) to (B, ...); cached per signature."""
-    key = (fn_def, tuple((l.shape, str(l.dtype)) for l in fn_leaves if hasattr(l, "shape")),
+    key = (fn_def, tuple((a.shape, str(a.dtype)) for a in fn_leaves if hasattr(a, "shape")),
            x.shape, str(x.dtype))
     try:
         if key in _SHAPES_OK:

@@ -32,7 +32,8 @@ def logsnr(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0) ->
 
 
 def vp_beta(sigma_min: float = 0.002, sigma_max: float = 80.0, eps: float = 1e-3):
-    """(beta_d, beta_min) of the VP-linear schedule with sigma(1) = sigma_max, sigma(eps) = sigma_min.
+    """(beta_d, beta_min) of the VP-linear schedule with sigma(1) = sigma_max and
+    sigma(eps) = sigma_min.
 
     For 80 / 0.002 this gives beta_d ~ 17.538 and beta_min ~ -0.00477 (DEIS's mapping).
     """

@@ -10,20 +10,46 @@ steps hold pytree items (``StandardSave``) and one JSON item ``meta``.
     meta = checkpoints.read_meta(mngr, step)
     params = checkpoints.read(mngr, step, params=template)["params"]
 
-Saves are synchronous (the next jitted step usually donates the saved buffers) and each
-is written to a temporary folder and renamed, so an interrupted run never leaves a
-half-written step behind.
+What it guarantees (tests/jaxinfra/test_checkpoints.py injects each fault):
+
+- Saves are synchronous (the next jitted step usually donates the saved buffers) and each
+  is written to a temporary folder and renamed (Orbax), so an interrupted run never leaves
+  a half-written step behind.
+- A state with a NaN or inf is never saved: :func:`save` raises :class:`NonFiniteError`.
+- Each saved step records the SHA-256 of every file it wrote (``integrity.json`` in the
+  step folder). Restoring verifies them; a step that fails (bit flip, truncation, missing
+  file, unreadable data) is moved to ``<checkpoints>/corrupt/<step>`` with a warning naming
+  it, and the newest good step is used instead. Moving it aside also keeps retention
+  (``keep``) from deleting the good steps in its favour.
+- Resuming compares the saved settings with the asked ones and refuses a mismatch with a
+  message listing every difference (:func:`resume`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import shutil
 
 import jax
+import numpy as np
 
-__all__ = ["manager", "save", "read_meta", "read", "resume", "open_latest"]
+__all__ = ["manager", "save", "read_meta", "read", "resume", "open_latest", "verify",
+           "latest_good", "NonFiniteError", "SettingsMismatchError", "differences"]
 
 DEFAULT_SUBDIR = "checkpoints"
+INTEGRITY_FILE = "integrity.json"
+CORRUPT_SUBDIR = "corrupt"
+_log = logging.getLogger(__name__)
+
+
+class NonFiniteError(FloatingPointError):
+    """A state or metric holds NaN or inf; nothing was saved."""
+
+
+class SettingsMismatchError(ValueError):
+    """A checkpoint was written with other settings than the ones asked for."""
 
 
 def manager(workdir: str, *, subdir: str = DEFAULT_SUBDIR, save_every: int = 0,
@@ -45,17 +71,122 @@ def manager(workdir: str, *, subdir: str = DEFAULT_SUBDIR, save_every: int = 0,
                                  options=options)
 
 
+def _non_finite_leaf(tree):
+    """The path of the first floating leaf holding NaN or inf, else None."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        arr = np.asarray(jax.device_get(leaf))
+        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+            return jax.tree_util.keystr(path) or "<root>"
+    return None
+
+
+def _step_dir(mngr, step: int) -> str:
+    return os.path.join(os.fspath(mngr.directory), str(int(step)))
+
+
+def _file_digests(directory: str) -> dict:
+    digests = {}
+    for root, _, files in os.walk(directory):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, directory)
+            if rel == INTEGRITY_FILE:
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            digests[rel] = h.hexdigest()
+    return digests
+
+
 def save(mngr, step: int, *, meta: dict, force: bool = False, **items) -> bool:
     """Saves the pytrees ``items`` and the JSON-able ``meta`` as ``step``.
+
+    The items are checked first: a NaN or inf anywhere raises :class:`NonFiniteError`
+    and nothing is written. After the save, the SHA-256 of every file of the step is
+    recorded for :func:`verify`.
 
     Returns:
       Whether a checkpoint was written (``save_every`` may skip the step unless
       ``force``).
     """
     import orbax.checkpoint as ocp
+    if not force and not mngr.should_save(int(step)):
+        return False
+    for name, tree in items.items():
+        bad = _non_finite_leaf(tree)
+        if bad is not None:
+            raise NonFiniteError(f"step {int(step)}: {name}{bad} holds NaN or inf; not "
+                                 f"saved (the last good checkpoint is kept)")
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
-    return mngr.save(int(step), args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
-                     force=force)
+    written = mngr.save(int(step), args=ocp.args.Composite(meta=ocp.args.JsonSave(meta),
+                                                           **args), force=force)
+    if written:
+        mngr.wait_until_finished()
+        directory = _step_dir(mngr, step)
+        record = {"sha256": _file_digests(directory), "finite": True}
+        tmp = os.path.join(directory, INTEGRITY_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=0, sort_keys=True)
+        os.replace(tmp, os.path.join(directory, INTEGRITY_FILE))
+    return written
+
+
+def verify(mngr, step: int) -> str | None:
+    """Checks ``step`` against its integrity record.
+
+    Returns:
+      None when every recorded file is present with its recorded SHA-256 (or when the
+      step predates integrity records), else the reason it is bad.
+    """
+    directory = _step_dir(mngr, step)
+    path = os.path.join(directory, INTEGRITY_FILE)
+    if not os.path.isdir(directory):
+        return "the step folder is missing"
+    if not os.path.exists(path):
+        return None                                  # written before integrity records
+    try:
+        with open(path) as f:
+            recorded = json.load(f)["sha256"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"unreadable {INTEGRITY_FILE} ({err})"
+    actual = _file_digests(directory)
+    for rel, digest in sorted(recorded.items()):
+        if rel not in actual:
+            return f"file {rel} is missing"
+        if actual[rel] != digest:
+            return f"file {rel} does not match its recorded SHA-256"
+    return None
+
+
+def _quarantine(mngr, step: int, reason: str, fallback) -> None:
+    """Moves a bad step to ``<checkpoints>/corrupt/<step>`` and warns."""
+    src = _step_dir(mngr, step)
+    dst = os.path.join(os.fspath(mngr.directory), CORRUPT_SUBDIR, str(int(step)))
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    shutil.move(src, dst)
+    mngr.reload()
+    then = f"using step {fallback}" if fallback is not None else "no good checkpoint left"
+    _log.warning("checkpoint step %d in %s is corrupt (%s); moved to %s; %s", int(step),
+                 os.fspath(mngr.directory), reason, dst, then)
+    import warnings
+    warnings.warn(f"checkpoint step {int(step)} in {os.fspath(mngr.directory)} is corrupt "
+                  f"({reason}); moved to {dst}; {then}", RuntimeWarning, stacklevel=3)
+
+
+def latest_good(mngr) -> int | None:
+    """The newest step that passes :func:`verify`; bad newer steps are moved aside."""
+    while True:
+        steps = sorted(mngr.all_steps(), reverse=True)
+        if not steps:
+            return None
+        reason = verify(mngr, steps[0])
+        if reason is None:
+            return int(steps[0])
+        _quarantine(mngr, steps[0], reason, steps[1] if len(steps) > 1 else None)
 
 
 def read_meta(mngr, step: int) -> dict:
@@ -102,8 +233,47 @@ def _plain(tree):
     return json.loads(json.dumps(tree))
 
 
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1] or "settings": tree}
+
+
+def differences(saved, asked) -> list:
+    """``["name: saved -> asked", ...]`` for every setting that differs (dotted names)."""
+    a, b = _flatten(_plain(saved)), _flatten(_plain(asked))
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k, "<absent>") != b.get(k, "<absent>"):
+            out.append(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}")
+    return out
+
+
+def _restore_good(mngr, restore):
+    """``restore(step)`` on the newest good step, moving aside steps that fail to read.
+
+    Returns ``(step, restore(step))`` or ``(None, None)`` without a good step.
+    """
+    while True:
+        step = latest_good(mngr)
+        if step is None:
+            return None, None
+        try:
+            return step, restore(step)
+        except SettingsMismatchError:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            steps = sorted(mngr.all_steps(), reverse=True)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            _quarantine(mngr, step, f"unreadable: {type(err).__name__}: {first[:200]}",
+                        steps[1] if len(steps) > 1 else None)
+
+
 def resume(mngr, state, meta: dict, *, key=None, what: str = "run", workdir: str = ""):
-    """Restores the latest checkpoint of ``mngr`` into ``state``'s structure.
+    """Restores the newest good checkpoint of ``mngr`` into ``state``'s structure.
 
     Args:
       mngr: a manager whose steps hold the items ``state`` and ``meta``.
@@ -118,19 +288,25 @@ def resume(mngr, state, meta: dict, *, key=None, what: str = "run", workdir: str
       ``(state, start_step)``; start_step is 0 without a checkpoint.
 
     Raises:
-      ValueError: the checkpoint belongs to another run (``mngr`` is closed first).
+      SettingsMismatchError: the checkpoint was written with other settings; the message
+        lists each difference (``mngr`` is closed first).
     """
-    step = mngr.latest_step()
+    key = key or (lambda m: m)
+
+    def restore(step):
+        saved = read_meta(mngr, step)
+        diffs = differences(key(saved), key(meta))
+        if diffs:
+            mngr.close()
+            raise SettingsMismatchError(
+                f"{workdir!r} holds a {what} checkpoint (step {step}) with other settings: "
+                f"{'; '.join(diffs)}. Use a new --workdir, or the saved settings")
+        return read(mngr, step, state=state)["state"]
+
+    step, restored = _restore_good(mngr, restore)
     if step is None:
         return state, 0
-    key = key or (lambda m: m)
-    saved = read_meta(mngr, step)
-    if _plain(key(saved)) != _plain(key(meta)):
-        mngr.close()
-        raise ValueError(f"{workdir!r} holds a checkpoint of a different {what} "
-                         f"({_plain(key(saved))}, asked for {_plain(key(meta))}); use a new "
-                         "workdir")
-    return read(mngr, step, state=state)["state"], int(step)
+    return restored, int(step)
 
 
 def open_latest(workdir: str, *, what: str, hint: str, subdir: str = DEFAULT_SUBDIR,
@@ -153,11 +329,19 @@ def open_latest(workdir: str, *, what: str, hint: str, subdir: str = DEFAULT_SUB
     directory = os.path.join(workdir, subdir)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no {what} checkpoints in {workdir!r}; {hint}")
-    mngr = manager(workdir, subdir=subdir, read_only=True)
-    steps = mngr.all_steps()
-    chosen = max(steps) if (step is None and steps) else step
-    if chosen is None or chosen not in steps:
+    mngr = manager(workdir, subdir=subdir)
+    if step is None:
+        chosen = latest_good(mngr)
+    else:
+        chosen = step if step in mngr.all_steps() else None
+        reason = verify(mngr, step) if chosen is not None else None
+        if reason is not None:
+            mngr.close()
+            raise ValueError(f"{what} checkpoint step {step} in {directory!r} is corrupt "
+                             f"({reason})")
+    if chosen is None:
+        steps = sorted(mngr.all_steps())
         mngr.close()
         raise FileNotFoundError(f"no {what} checkpoint{'' if step is None else f' at step {step}'}"
-                                f" in {directory!r} (steps: {sorted(steps)}); {hint}")
+                                f" in {directory!r} (steps: {steps}); {hint}")
     return mngr, int(chosen)

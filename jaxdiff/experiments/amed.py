@@ -21,8 +21,6 @@ from jaxdiff import schedules
 from jaxdiff.experiments import bench
 from jaxdiff.training import amed as amed_training
 
-BASE_SCHEDULES = {"amed": ("time_uniform", {"rho": 1.0})}
-
 
 def run(cfg, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)

@@ -30,8 +30,8 @@ import numpy as np
 from tqdm import tqdm
 
 import jaxdiff
-from jaxinfra import datasets as data_lib
 from jaxdiff import denoisers, geometry, schedules
+from jaxinfra import datasets as data_lib
 
 REGIMES = ("gmm", "optimal")
 

@@ -21,8 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 import jaxdiff
-from jaxinfra import datasets as data_lib
 from jaxdiff import denoisers, schedules
+from jaxinfra import datasets as data_lib
 
 # The reference code's recommended schedule per solver (diff-solvers README).
 SOLVER_SETTINGS = {

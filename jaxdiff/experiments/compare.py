@@ -44,8 +44,8 @@ def load_regime(regime: str, images, cfg):
     if regime in ("gmm", "optimal"):
         return bench.build_denoiser(regime, images, cfg), None, cfg.feature_dim
     if regime == "edm":
-        from jaxdiff.training import edm as train_lib
         from jaxdiff.models import unet
+        from jaxdiff.training import edm as train_lib
         model, params, _ = train_lib.load_checkpoint(cfg.edm_workdir)
         h, w = unet.feature_shape(model)
         return unet.make_denoiser(model, params), unet.make_feature_fn(model, params), h * w
@@ -93,6 +93,7 @@ def run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg, gits_
 def fd_scorer(cfg, images):
     """Classifier-feature Frechet distance of samples to the data (NOT Inception FID)."""
     import importlib
+
     from jaxdiff.experiments import fid
     edm_cfg = importlib.import_module(cfg.edm_config).get_config(cfg.edm_config_arg or None)
     classifier, _ = fid.load_or_train_classifier(

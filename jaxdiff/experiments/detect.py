@@ -20,8 +20,8 @@ import time
 import jax
 import numpy as np
 
-from jaxinfra import datasets as data_lib
 from jaxdiff import detectors, schedules
+from jaxinfra import datasets as data_lib
 
 __all__ = ["parse_generator", "build_detectors", "run", "report", "markdown_table",
            "plot_roc"]

@@ -19,9 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.frechet import (NOT_INCEPTION, Classifier, ClassifierState, accuracy,
-                             fd_of_samples, feature_stats, frechet_distance,
-                             train_classifier)
+from jaxdiff.frechet import (
+    NOT_INCEPTION,
+    Classifier,
+    ClassifierState,
+    accuracy,
+    fd_of_samples,
+    feature_stats,
+    frechet_distance,
+    train_classifier,
+)
 from jaxinfra import checkpoints
 from jaxinfra import datasets as data_lib
 

@@ -12,11 +12,8 @@ is useless there, so this one is trained on noised data and told the noise level
 * those features are modulated (FiLM: ``h * (1 + a) + b``) by an MLP of the sinusoidal
   embedding of ``c_noise`` (the U-Net's noise embedding), then mapped to logits.
 
-Training (:func:`jaxdiff.training.noisy_classifier.train`): Adam on softmax cross-entropy, x = x_0 + sigma * eps with
-sigma log-uniform on [sigma_min, sigma_max] (default) or log-normal (EDM's
-``exp(p_mean + p_std * n)``). A step's batch indices, sigmas and noise depend only on
-(seed, step), so an interrupted run resumed from its Orbax checkpoint ends with the same
-parameters as an uninterrupted one. :func:`log_prob_fn` returns the
+Training (:func:`jaxdiff.training.noisy_classifier.train`): Adam on softmax cross-entropy
+of noised images, with exact resume. :func:`log_prob_fn` returns the
 ``log_prob_fn(x (B, H, W, C), sigma (B,)) -> (B, num_classes)`` that
 :func:`jaxdiff.guidance.classifier` expects, as a ``Partial`` whose leaves are the
 parameters (new parameters reuse the compiled sampler).

@@ -32,7 +32,8 @@ class ODESolver(NamedTuple):
             leaves have leading axis ``len(sigmas) - 1``; computed from traced sigmas so a
             new schedule of the same length never recompiles.
         init: ``init(evaluate, model, x, sigma_0) -> state``.
-        step: ``step(evaluate, model, x, state, sigma_cur, sigma_next, coeffs_i, *, is_last, num_steps)
+        step: ``step(evaluate, model, x, state, sigma_cur, sigma_next, coeffs_i, *, is_last,
+          num_steps)
             -> (x_next, state, denoised)``; ``evaluate`` is used for the evaluation at
             ``(x, sigma_cur)`` (AFS swaps it), ``model`` for every other call.
         afs_in_init: AFS applies to the model call made in ``init`` (UniPC) instead of

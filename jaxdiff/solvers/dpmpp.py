@@ -10,8 +10,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.solvers.base import (ODESolver, check_order, select_by_order, shifted,
-                                  dynamic_thresholding)
+from jaxdiff.solvers.base import (
+    ODESolver,
+    check_order,
+    dynamic_thresholding,
+    select_by_order,
+    shifted,
+)
 from jaxdiff.solvers.multistep import linear_multistep
 
 

@@ -11,8 +11,15 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.solvers.base import (ODESolver, check_order, combine, model_evaluator, push,
-                                  select_by_order, dynamic_thresholding)
+from jaxdiff.solvers.base import (
+    ODESolver,
+    check_order,
+    combine,
+    dynamic_thresholding,
+    model_evaluator,
+    push,
+    select_by_order,
+)
 from jaxdiff.solvers.dpmpp import log_sigma_ratios
 
 _VARIANTS = ("bh1", "bh2")

@@ -14,8 +14,15 @@ import numpy as np
 import optax
 
 from jaxdiff import callables
-from jaxdiff.amed import (SINGLE_STEP, AMEDPredictor, init, init_state, make_step, model_of,
-                          sub_orders)
+from jaxdiff.amed import (
+    SINGLE_STEP,
+    AMEDPredictor,
+    init,
+    init_state,
+    make_step,
+    model_of,
+    sub_orders,
+)
 from jaxdiff.sampling import sample as ode_sample
 from jaxdiff.solvers.base import afs_evaluator, model_evaluator
 from jaxinfra import checkpoints

@@ -79,7 +79,7 @@ def trained(denoise):
 def test_training_lowers_the_loss(trained):
     pred, _, logs = trained
     assert pred.num_updates == 12 * 3
-    assert logs[-1]["loss"] < 0.7 * logs[0]["loss"], [l["loss"] for l in logs]
+    assert logs[-1]["loss"] < 0.7 * logs[0]["loss"], [r["loss"] for r in logs]
 
 
 def test_checkpoint_round_trip_gives_identical_samples(trained, denoise, tmp_path):
@@ -116,7 +116,6 @@ def test_amed_train_cli_tiny(tmp_path):
     res = amed_train.run(get_config("tiny"), str(tmp_path))
     row = res["rows"][0]
     assert row["nfe"] == 5 and row["updates"] == 2 * 3 and np.isfinite(row["amed_error"])
-    assert (tmp_path / "nfe5" / "amed.json").exists()
     assert amed_training.load(str(tmp_path / "nfe5")).num_updates == 6
 
 

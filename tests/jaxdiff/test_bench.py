@@ -3,9 +3,9 @@ import json
 
 import pytest
 
+import jaxdiff
 from configs.bench_digits import get_config
 from jaxdiff.experiments import bench
-import jaxdiff
 
 
 @pytest.mark.parametrize("solver", sorted(bench.SOLVER_SETTINGS))

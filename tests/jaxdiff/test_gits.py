@@ -10,7 +10,6 @@ import pytest
 import jaxdiff
 from jaxdiff import denoisers, gits, schedules
 
-
 # ------------------------------------------------------------------------------ DP
 
 

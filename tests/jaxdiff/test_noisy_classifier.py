@@ -6,9 +6,9 @@ import pytest
 
 import jaxdiff
 from jaxdiff import denoisers, guidance
-from jaxinfra import datasets as data
 from jaxdiff.models import noisy_classifier as nc
 from jaxdiff.training import noisy_classifier as nc_train
+from jaxinfra import datasets as data
 
 TINY = {"num_classes": 2, "width": 4, "features": 8, "emb_channels": 8, "num_steps": 60,
         "batch_size": 32, "lr": 1e-2, "sigma_min": 0.01, "sigma_max": 80.0,

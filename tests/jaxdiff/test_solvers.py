@@ -3,10 +3,10 @@ and measured convergence orders on a Gaussian mixture in float64."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jaxdiff
 import reference_solvers as ref
 from conftest import gmm_denoiser, make_gmm
+
+import jaxdiff
 
 CONFIGS = [
     ("euler", {}), ("heun", {}), ("dpm2", {}), ("dpm2", {"r": 0.3}),

@@ -12,6 +12,7 @@ import pytest
 from configs import edm_digits, edm_fashion_mnist
 from jaxdiff.models import unet
 from jaxdiff.training import edm as train
+from jaxinfra import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +26,10 @@ def straight(tmp_path_factory):
 
 
 def _restore_state(workdir):
-    import orbax.checkpoint as ocp
-    mngr = train._manager(workdir, read_only=True)
-    step = mngr.latest_step()
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, state["state"]
+    mngr, step = checkpoints.open_latest(workdir, what="test", hint="")
+    state = checkpoints.read(mngr, step, state=None)["state"]
+    mngr.close()
+    return step, state
 
 
 def test_a_few_steps_lower_the_loss():
@@ -82,7 +82,7 @@ def test_outputs_and_load_checkpoint(straight):
         np.testing.assert_array_equal(x, y)
     other = edm_digits.get_config("tiny")
     other.model.base_channels = 16
-    with pytest.raises(ValueError, match="checkpoint of a different model"):
+    with pytest.raises(ValueError, match="model checkpoint .step 4. with other settings: base_channels: 8 -> 16"):
         train.train_and_evaluate(other, workdir)
 
 
@@ -117,5 +117,5 @@ def test_bad_input(tmp_path):
     cfg.optim.schedule = "nope"
     with pytest.raises(ValueError, match="optim.schedule"):
         train.make_optimizer(cfg)
-    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+    with pytest.raises(FileNotFoundError, match="no EDM model checkpoints"):
         train.load_checkpoint(str(tmp_path / "empty"))

@@ -7,8 +7,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import Partial
 import pytest
+from jax.tree_util import Partial
 
 import jaxdiff
 from jaxdiff import schedules

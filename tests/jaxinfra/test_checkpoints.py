@@ -41,7 +41,7 @@ def test_resume_restores_latest_and_refuses_other_runs(tmp_path):
     state, start = checkpoints.resume(mngr, _tree(), {"model": "a", "step": 0},
                                       key=lambda m: m["model"], workdir=str(tmp_path))
     assert start == 3 and float(state["w"][0, 0]) == 3.0
-    with pytest.raises(ValueError, match="different model.*use a new workdir"):
+    with pytest.raises(ValueError, match="model checkpoint .step 3. with other settings: settings: .a. -> .b.. Use a new --workdir"):
         checkpoints.resume(mngr, _tree(), {"model": "b"}, key=lambda m: m["model"],
                            what="model", workdir=str(tmp_path))
 
@@ -54,3 +54,87 @@ def test_open_latest_errors_name_the_folder_and_the_fix(tmp_path):
     mngr.close()
     with pytest.raises(FileNotFoundError, match=r"at step 9.*steps: \[2\]"):
         checkpoints.open_latest(str(tmp_path), what="EDM", hint="x", step=9)
+
+
+# ------------------------------------------------------------------ fault injection
+def _largest_file(step_dir):
+    files = [p for p in step_dir.rglob("*") if p.is_file() and p.name != "integrity.json"]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def _flip_bit(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _two_steps(tmp_path, keep=None):
+    mngr = checkpoints.manager(str(tmp_path), keep=keep)
+    for s in (1, 2):
+        checkpoints.save(mngr, s, meta={"model": "a", "step": s}, state=_tree(float(s)))
+    return mngr
+
+
+@pytest.mark.parametrize("fault", [_flip_bit, _truncate, lambda p: p.unlink()])
+def test_corrupt_latest_falls_back_to_the_newest_good_step(tmp_path, fault):
+    mngr = _two_steps(tmp_path, keep=2)
+    fault(_largest_file(tmp_path / "checkpoints" / "2"))
+    assert checkpoints.verify(mngr, 2) is not None
+    with pytest.warns(RuntimeWarning, match=r"step 2 .* is corrupt .*using step 1"):
+        state, start = checkpoints.resume(mngr, _tree(), {"model": "a", "step": 0},
+                                          key=lambda m: m["model"], workdir=str(tmp_path))
+    assert start == 1 and float(state["w"][0, 0]) == 1.0
+    assert (tmp_path / "checkpoints" / "corrupt" / "2").is_dir()     # kept as evidence
+    # Training goes on: steps 2 and 3 are saved again; retention (keep=2) then drops step
+    # 1, never a good step in favour of the corrupt one.
+    for s in (2, 3):
+        checkpoints.save(mngr, s, meta={"model": "a", "step": s}, state=_tree(float(s)))
+    assert mngr.all_steps() == [2, 3] and checkpoints.verify(mngr, 3) is None
+    mngr.close()
+
+
+def test_every_step_corrupt_means_a_fresh_start_with_a_warning(tmp_path):
+    mngr = _two_steps(tmp_path)
+    for s in ("1", "2"):
+        _flip_bit(_largest_file(tmp_path / "checkpoints" / s))
+    with pytest.warns(RuntimeWarning, match="no good checkpoint left"):
+        _, start = checkpoints.resume(mngr, _tree(), {"model": "a"},
+                                      key=lambda m: m["model"])
+    assert start == 0 and mngr.all_steps() == []
+
+
+def test_open_latest_skips_corrupt_steps_and_refuses_an_explicit_corrupt_one(tmp_path):
+    _two_steps(tmp_path).close()
+    _flip_bit(_largest_file(tmp_path / "checkpoints" / "2"))
+    with pytest.raises(ValueError, match=r"step 2 .* is corrupt \(file .* SHA-256\)"):
+        checkpoints.open_latest(str(tmp_path), what="test", hint="", step=2)
+    with pytest.warns(RuntimeWarning, match="step 2"):
+        mngr, step = checkpoints.open_latest(str(tmp_path), what="test", hint="")
+    assert step == 1
+    mngr.close()
+
+
+def test_non_finite_state_is_never_saved(tmp_path):
+    mngr = checkpoints.manager(str(tmp_path))
+    checkpoints.save(mngr, 1, meta={}, state=_tree())
+    bad = {"w": _tree()["w"].at[1, 2].set(jnp.nan), "step": jnp.asarray(2)}
+    with pytest.raises(checkpoints.NonFiniteError, match=r"step 2: state\['w'\] holds NaN"):
+        checkpoints.save(mngr, 2, meta={}, state=bad, force=True)
+    assert mngr.all_steps() == [1]
+    mngr.close()
+
+
+def test_settings_mismatch_lists_every_difference(tmp_path):
+    mngr = checkpoints.manager(str(tmp_path))
+    saved = {"seed": 0, "optim": {"lr": 0.1, "b1": 0.9}, "loss": "kd"}
+    checkpoints.save(mngr, 5, meta=saved, state=_tree())
+    asked = {"seed": 1, "optim": {"lr": 0.2, "b1": 0.9}, "loss": "kd", "new": (1, 2)}
+    with pytest.raises(checkpoints.SettingsMismatchError) as err:
+        checkpoints.resume(mngr, _tree(), asked, what="model", workdir="w")
+    msg = str(err.value)
+    assert "seed: 0 -> 1" in msg and "optim.lr: 0.1 -> 0.2" in msg
+    assert "new: '<absent>' -> [1, 2]" in msg and "b1" not in msg and "step 5" in msg
