@@ -1,6 +1,6 @@
 """Epoch time of the same GCN and GAT in jaxgraph and in PyTorch Geometric (CPU).
 
-    nice -n 5 python benchmarks/gnn_vs_pyg.py            # -> benchmarks/results/gnn_vs_pyg.{json,md}
+    nice -n 5 python benchmarks/gnn_vs_pyg.py          # -> benchmarks/results/gnn_vs_pyg.{json,md}
     python benchmarks/gnn_vs_pyg.py --epochs=5 --datasets=cora   # quick
 
 Both read the same packaged Planetoid files (``jaxgraph.planetoid``), use row-normalised
@@ -42,7 +42,7 @@ def jax_step_fn(dataset, arch, sparse):
     import jax
 
     from jaxgraph import gnn
-    from jaxgraph.train import (init_state, load_task, make_optimizer, masked_cross_entropy)
+    from jaxgraph.train import init_state, load_task, make_optimizer, masked_cross_entropy
     task = load_task(dataset, self_loops=True, sparse=sparse)
     kw = ({"hidden": 16, "dropout": 0.5} if arch == "gcn" else
           {"hidden": 8, "heads": 8, "out_heads": 1, "activation": "elu"})

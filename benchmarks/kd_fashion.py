@@ -147,7 +147,7 @@ def main():
     bad = sorted(set(todo) - set(METHODS))
     if bad:
         raise SystemExit(f"unknown methods {bad}; valid: {METHODS}")
-    from jaxdiff.runlog import quiet_absl_logging
+    from jaxinfra.cli import quiet_absl_logging
     from jaxkd import methods
     quiet_absl_logging()
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -17,7 +17,8 @@ Timing: the JAX step is one ``jax.jit`` (state donated); its compile time is the
 ahead-of-time ``lower(...).compile()`` time. After one warm-up call per side, calls of
 ``--steps`` steps alternate between JAX, torch with N threads and torch with 1 thread
 (``time_interleaved`` of the k-diffusion benchmark; the order rotates) and every JAX call
-ends in ``block_until_ready``; the reported step time is the median over calls divided by ``--steps``.
+ends in ``block_until_ready``; the reported step time is the median over calls divided by
+``--steps``.
 ``ratio = torch_step_s / jax_step_s`` (> 1: JAX faster). XLA's CPU backend runs its
 convolutions on a thread pool of all available cores; torch is set to the same number of
 intra-op threads (``torch.set_num_threads``; override with ``--torch-threads``). Both
@@ -39,8 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.kdiffusion_vs_jaxdiff import (_cpu_ticks, _version, cpu_busy_fraction,
-                                               others_busy_fraction, time_interleaved)
+from benchmarks.kdiffusion_vs_jaxdiff import (
+    _cpu_ticks,
+    _version,
+    cpu_busy_fraction,
+    others_busy_fraction,
+    time_interleaved,
+)
 from jaxkd import models
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
@@ -322,7 +328,8 @@ def markdown(r: dict) -> str:
         f"{a['bn_running_var_max_rel_diff']:.1e} relative (Flax stores the biased batch "
         "variance, torch the unbiased one).", "",
         f"Machine: {e['cpus_available']} CPUs ({e['processor']}), {e['platform']}; jax "
-        f"{e['jax']} on {e['jax_device']} ({_xla_threads(e)}), torch {e['torch']} with {e['torch_num_threads']} intra-op threads (its "
+        f"{e['jax']} on {e['jax_device']} ({_xla_threads(e)}), torch {e['torch']} with "
+        f"{e['torch_num_threads']} intra-op threads (its "
         f"default here: {e['torch_default_num_threads']}). CPUs busy before the run: "
         f"{_pct(e['cpu_busy_before_run'])}; kept busy by other processes during the timings: "
         f"{_pct(busy)} (load average {e['loadavg_before_run'][0]:.1f} before, "

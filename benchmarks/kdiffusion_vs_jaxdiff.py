@@ -530,7 +530,8 @@ def run(out: str, quick: bool = False, nfe: int = 10, components: int = 20, seed
             r = benchmark_case(kds, name, gmm, batch, nfe, torch_model=torch_model,
                                jax_denoiser=jax_denoiser, timing=timing, seed=seed)
             rows.append(r)
-            print(f"{name:9s} nfe={r['nfe']:3d} batch={batch:5d}  torch {1e3 * r['torch_s']:9.3f} ms"
+            print(f"{name:9s} nfe={r['nfe']:3d} batch={batch:5d}  "
+                  f"torch {1e3 * r['torch_s']:9.3f} ms"
                   f"  jax {1e3 * r['jax_s']:9.3f} ms  ratio {r['ratio']:6.2f}"
                   f"  (jit {r['ratio_jit']:6.2f})  compile {r['jax_compile_s']:5.2f} s"
                   f"  max|d| {r['max_abs_diff']:.1e}", flush=True)

@@ -26,8 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def time_eval(data, model: str, dim: int, batch_size: int, chunk: int) -> dict:
     """Seconds of the first (compiling) and second filtered evaluation of the test split."""
     backbone = kge_models.get_backbone(model, dim)
-    params = kge_models.init_params(backbone, data.num_entities, data.num_relations,
-                                    jax.random.PRNGKey(0))
+    params = backbone.init_params(data.num_entities, data.num_relations,
+                                  jax.random.PRNGKey(0))
     indices = {side: ranking.FilterIndex.build(data.all_triples(), data.num_relations, side)
                for side in ("head", "tail")}
     out = {"model": model, "dim": dim}

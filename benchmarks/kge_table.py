@@ -7,8 +7,8 @@
 With ``--select_lr`` each model's learning rate is picked first, on the validation MRR of
 its baseline (first dim and seed); baseline and CSD runs then share it.
 
-Runs ``jaxgraph.kge.train_and_evaluate`` (configs/kge/kge.py with the overrides below)
-for model x {baseline, csd} x dim x seed, in that order of priority (all models at the
+Runs ``jaxgraph.kge.experiment.train_and_evaluate`` (configs/kge/kge.py with the overrides
+below) for model x {baseline, csd} x dim x seed, in that order of priority (all models at the
 first dim and seed first), stops starting new runs once ``--budget_minutes`` have passed,
 and writes one JSON row per run to ``benchmarks/results/kge_table_<data>.json`` and the
 mean-over-seeds table to ``benchmarks/results/kge_table_<data>.md``.
@@ -59,8 +59,8 @@ def table(rows) -> str:
         lr = r.get("overrides", {}).get("lr", 3e-3)
         ep = r.get("overrides", {}).get("epochs", 5)
         groups.setdefault((ep, r["dim"], r["model"], lr, r["csd"]), []).append(r)
-    lines = ["| epochs | dim | model | lr | CSD | seeds | MRR (± std over seeds) | MR | H@1 | H@3 | H@10 | train s | "
-             "eval s |", "|" + "---|" * 13]
+    lines = ["| epochs | dim | model | lr | CSD | seeds | MRR (± std over seeds) | MR | H@1 | "
+             "H@3 | H@10 | train s | eval s |", "|" + "---|" * 13]
     for (ep, dim, model, lr, csd), rs in sorted(groups.items(), key=lambda kv: (
             kv[0][0], kv[0][1], MODELS.index(kv[0][2]), kv[0][3], kv[0][4])):
         m = lambda k: np.mean([r["test"][k] for r in rs])
@@ -98,14 +98,14 @@ def main():
     if args.report:
         report(args.data)
         return
-    from jaxgraph import kge
+    from jaxgraph.kge import experiment
     out_json = os.path.join(ROOT, "benchmarks", "results", f"kge_table_{args.data}{args.tag}.json")
     rows = json.load(open(out_json)) if os.path.isfile(out_json) else []
     done = {(r["model"], r["dim"], r["seed"], r["csd"]) for r in rows}
     t_start = time.perf_counter()
     lr_of = {}
     if args.select_lr:
-        lr_of = select_lr(args, kge, [float(x) for x in args.select_lr.split(",")])
+        lr_of = select_lr(args, experiment, [float(x) for x in args.select_lr.split(",")])
     jobs = [(model, dim, seed, csd) for seed in map(int, args.seeds.split(","))
             for dim in map(int, args.dims.split(",")) for model in args.models.split(",")
             for csd in (False, True)]
@@ -119,9 +119,10 @@ def main():
                         lr_of.get(model, args.lr), not args.per_example_negatives)
         name = f"{model}_{args.data}_d{dim}_s{seed}{'_csd' if csd else ''}{args.tag}"
         t0 = time.perf_counter()
-        res = kge.train_and_evaluate(c, os.path.join(args.workdir, name))
+        res = experiment.train_and_evaluate(c, os.path.join(args.workdir, name))
         res["wall_seconds"] = time.perf_counter() - t0
-        res["overrides"] = {"shared_negatives": bool(c.train.shared_negatives), "epochs": args.epochs,
+        res["overrides"] = {"shared_negatives": bool(c.train.shared_negatives),
+                            "epochs": args.epochs,
                             "num_negatives": int(c.train.num_negatives),
                             "batch_size": int(c.train.batch_size),
                             "lr": float(c.train.lr)}
@@ -136,7 +137,7 @@ def main():
     print(table(rows))
 
 
-def select_lr(args, kge, lrs) -> dict:
+def select_lr(args, experiment, lrs) -> dict:
     """{model: lr} with the best validation MRR of the baseline (first dim and seed);
     every trial is kept in ``kge_table_<data><tag>_lr_select.json``."""
     path = os.path.join(ROOT, "benchmarks", "results",
@@ -150,7 +151,7 @@ def select_lr(args, kge, lrs) -> dict:
             c = make_config(model, args.data, dim, seed, False, args.epochs, lr,
                             not args.per_example_negatives, valid_queries=0)
             name = f"{model}_{args.data}_d{dim}_s{seed}_lr{lr:g}{args.tag}_select"
-            res = kge.train_and_evaluate(c, os.path.join(args.workdir, name))
+            res = experiment.train_and_evaluate(c, os.path.join(args.workdir, name))
             trials.append({"model": model, "lr": lr, "dim": dim, "seed": seed,
                            "epochs": args.epochs, "valid": res["valid"],
                            "train_seconds": res["train_seconds"]})

@@ -75,7 +75,9 @@ def main():
     from pykeen.training import SLCWATrainingLoop
     from pykeen.triples import TriplesFactory
 
-    from jaxgraph import kg_data, kge, ranking
+    from jaxgraph import kg_data, ranking
+    from jaxgraph.kge import evaluation, experiment
+    from jaxgraph.kge import step as kge_step
     torch.set_num_threads(args.threads)
     data = kg_data.load_kg("wn18rr")
     tmp = tempfile.mkdtemp()
@@ -95,19 +97,19 @@ def main():
         c = _config(name, args.dim, args.epochs)
         bs, steps = int(c.train.batch_size), args.train_steps
         # --- jaxgraph training throughput
-        cfg = kge.step_config(c, data.num_entities)
-        tx = kge.make_optimizer(c, steps)
-        state = kge.init_state(cfg, data.num_relations, tx, jax.random.PRNGKey(0))
+        cfg = experiment.step_config(c, data.num_entities)
+        tx = experiment.make_optimizer(c, steps)
+        state = kge_step.init_state(cfg, data.num_relations, tx, jax.random.PRNGKey(0))
         rng = np.random.default_rng(0)
         batches = jnp.asarray(data.train[rng.permutation(len(data.train))[:steps * bs]]
                               .reshape(steps, bs, 3))
         w = jnp.ones((steps, bs), jnp.float32)
-        state, _ = kge.train_epoch(state, batches, w, jax.random.PRNGKey(1),
-                                   jnp.float32(0), cfg=cfg, tx=tx)
+        state, _ = kge_step.train_epoch(state, batches, w, jax.random.PRNGKey(1),
+                                        jnp.float32(0), cfg=cfg, tx=tx)
         jax.block_until_ready(state)
         t0 = time.perf_counter()
-        state, _ = kge.train_epoch(state, batches, w, jax.random.PRNGKey(2),
-                                   jnp.float32(0), cfg=cfg, tx=tx)
+        state, _ = kge_step.train_epoch(state, batches, w, jax.random.PRNGKey(2),
+                                        jnp.float32(0), cfg=cfg, tx=tx)
         jax.block_until_ready(state)
         jx_train = steps * bs / (time.perf_counter() - t0)
         # --- PyKEEN training throughput
@@ -129,8 +131,8 @@ def main():
         pk_train = steps * bs / (time.perf_counter() - t0)
         # --- same embeddings, filtered test evaluation in both
         with tempfile.TemporaryDirectory() as wd:
-            kge.train_and_evaluate(c, wd)
-            b, params, _ = kge.load_checkpoint(wd)
+            experiment.train_and_evaluate(c, wd)
+            b, params, _ = evaluation.load_checkpoint(wd)
         filt = data.all_triples()
         ranking.evaluate(b, params, data.test[:256], filt, data.num_relations)   # compile
         jx = ranking.evaluate(b, params, data.test, filt, data.num_relations)

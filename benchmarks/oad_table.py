@@ -18,7 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxgraph.oad import default_config, run_oad  # noqa: E402
+from configs.gnn.oad_common import oad_config  # noqa: E402
+from jaxgraph.oad import run_oad  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VARIANTS = ("alone", "oad", "nolocal", "noglobal")
@@ -45,7 +46,7 @@ def run_cell(workdir, d, a, v, extra, seeds):
         with open(done) as f:
             return json.load(f)
     opts = ",".join(filter(None, [a, "" if v == "oad" else v, extra, f"seeds={seeds}"]))
-    config = default_config(d, opts)
+    config = oad_config(d, opts)
     config.progress = False
     t0 = time.time()
     res = run_oad(config, path)

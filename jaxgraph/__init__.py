@@ -2,10 +2,13 @@
 Online Adversarial Distillation.
 
     from jaxgraph import kg_data, kge_models, ranking     # link prediction
+    from jaxgraph.kge import step, trainer, evaluation    # KGE training (jaxgraph.kge)
     from jaxgraph import planetoid, gnn, oad              # node classification
 
 Entry points: ``python -m jaxgraph.kge``, ``python -m jaxgraph.train`` (one GNN) and
-``python -m jaxgraph.oad``, each with ``--config=... --workdir=...``.
+``python -m jaxgraph.oad``, each with ``--config=... --workdir=...`` (configs in
+``configs/kge`` and ``configs/gnn``). Run infrastructure (metrics, checkpoints, the
+command line) comes from :mod:`jaxinfra`; jaxgraph never imports jaxdiff or jaxkd.
 """
 from jaxgraph import csd, gnn, graphs, kg_data, kge_models, planetoid, ranking
 

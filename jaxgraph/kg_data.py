@@ -219,10 +219,10 @@ def _build(name, texts, dict_dir, vocabulary):
                 kind, bad = next((k, x) for k, x, table in (
                     ("entity", h, ent), ("relation", r, rel), ("entity", t, ent))
                     if x not in table)
+                known = "the id dictionaries" if dict_dir else "the train split"
                 raise ValueError(f"{source}:{_line_of(text, i)}: unknown {kind} {bad!r} "
-                                 f"(not in {'the id dictionaries' if dict_dir else 'the train split'}"
-                                 f"; use vocabulary='all' to build ids over all splits)"
-                                 ) from None
+                                 f"(not in {known}; use vocabulary='all' to build ids over "
+                                 "all splits)") from None
         arrays[s] = out
     names_e = [None] * len(ent)
     for k, v in ent.items():

@@ -1,8 +1,8 @@
 """KGE backbones: TransE, DistMult, ComplEx, RotatE, SimplE and TuckER (graph.md §3).
 
-A backbone is a :class:`Backbone`: a record of pure functions (like the ODE solvers of
-``jaxdiff.solvers``), built by one factory per model (``transe(dim, gamma)``, ...) and
-found by name in :data:`BACKBONES` or through :func:`get_backbone`. Every backbone is
+A backbone is a :class:`Backbone`: a record of pure functions (optax style), built by one
+factory per model (``transe(dim, gamma)``, ...) and found by name in :data:`BACKBONES` or
+through :func:`get_backbone`. Every backbone is
 written as a *query* and a *match*, so that one code path scores a triple, a row of
 sampled negatives or all entities:
 

@@ -20,12 +20,13 @@ together, full batch, one step per epoch:
 The D_i are independent given the (fixed) student features, so updating them "sequentially"
 as the reference code does equals updating them together.
 
-Reference-code quirks are options (defaults = the paper-faithful setting; ``:code`` in the
-config selects all reference settings): ``disc.final_relu`` (sigma(ReLU) >= 0.5),
-``kd.scale`` ("paper" = T^2 batch-mean KL, "code" = that / (N_train C)), ``select_on``
-("val", or "test" = the reference Cora script's test-mask selection; reproduction only),
-``self_loops`` (the reference adds none), GCN ``dropout`` (0 in the code), GAT
-``activation`` ("relu" in the code) and ``out_heads`` (8 averaged heads in the code).
+Reference-code quirks are options (the defaults of configs/gnn/oad_common.py are the
+paper-faithful setting; ``:code`` in the config selects all reference settings):
+``disc.final_relu`` (sigma(ReLU) >= 0.5), ``kd.scale`` ("paper" = T^2 batch-mean KL,
+"code" = that / (N_train C)), ``select_on`` ("val", or "test" = the reference Cora script's
+test-mask selection; reproduction only), ``self_loops`` (the reference adds none), GCN
+``dropout`` (0 in the code), GAT ``activation`` ("relu" in the code) and ``out_heads`` (8
+averaged heads in the code).
 
 Several seeds train at once: the state carries a leading seed axis and the step is
 ``jax.vmap``-ed over it (``num_seeds``). Model selection uses validation accuracy per
@@ -41,95 +42,24 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import struct
 
 from jaxgraph import discriminators as discs
 from jaxgraph import gnn, graphs
-from jaxgraph.train import (NodeTask, Selection, load_task, make_optimizer,
-                            masked_accuracy, masked_cross_entropy, open_checkpoints,
-                            update_selection)
+from jaxgraph.train import (
+    NodeTask,
+    Selection,
+    make_optimizer,
+    masked_accuracy,
+    masked_cross_entropy,
+    run_epochs,
+    task_from_config,
+    update_selection,
+)
 
-__all__ = ["OADState", "OAD", "make_oad", "kd_loss", "default_config", "run_oad",
-           "summarize"]
-
-_MODEL_DEFAULTS = {
-    "gcn": {"hidden": 16, "dropout": 0.5},
-    "gat": {"hidden": 16, "heads": 8, "out_heads": 1, "activation": "elu",
-            "feat_drop": 0.6, "attn_drop": 0.6},
-    "sage": {"hidden": 16, "dropout": 0.5},
-}
-_MIX = ("gcn", "sage", "gcn", "sage")
-
-
-def default_config(dataset: str, arg=None) -> ml_collections.ConfigDict:
-    """The OAD config for ``dataset``; ``arg`` = comma-separated options:
-
-    gcn | gat | sage | mix (students; mix = gcn, sage, gcn, sage), code (every
-    reference-code quirk), nolocal (gan_trade = 0: no discriminators), noglobal
-    (logitkd_trade = 0), alone (one student, CE only, same epochs and optimiser), seeds=<n>,
-    tiny (a few epochs, 2 students, 2 seeds; tests).
-    """
-    opts = [a for a in (arg or "").split(",") if a]
-    valid = {"gcn", "gat", "sage", "mix", "code", "nolocal", "noglobal", "alone", "tiny"}
-    unknown = [a for a in opts if a not in valid and not a.startswith("seeds=")]
-    if unknown:
-        raise ValueError(f"unknown OAD config option(s) {unknown}; valid: "
-                         f"{', '.join(sorted(valid))}, seeds=<n>")
-    archs = [a for a in opts if a in ("gcn", "gat", "sage", "mix")] or ["gcn"]
-    if len(archs) > 1:
-        raise ValueError(f"pick one of gcn, gat, sage, mix; got {archs}")
-    c = ml_collections.ConfigDict()
-    c.dataset = dataset
-    c.data_dir = ""                       # "": the packaged Cora / Citeseer files
-    c.self_loops = True                   # reference code: False
-    c.sparse_features = True
-    c.students = _MIX if archs[0] == "mix" else (archs[0],) * 4
-    c.models = ml_collections.ConfigDict({k: dict(v) for k, v in _MODEL_DEFAULTS.items()})
-    c.disc = ml_collections.ConfigDict({"d_dim": 16, "final_relu": False, "lr": 5e-3})
-    c.kd = ml_collections.ConfigDict({"temperature": 3.0, "scale": "paper"})
-    c.logitkd_trade = 1.0
-    c.gan_trade = 1.0
-    c.d_trade = 1.0
-    c.warmup_epochs = 100
-    c.okd_epochs = 100
-    c.optim = ml_collections.ConfigDict({"lr": 5e-3, "weight_decay": 5e-4})
-    c.select_on = "val"                   # "test": reference Cora script (leaks test data)
-    c.seed = 0
-    c.num_seeds = 1
-    c.log_every = 10
-    c.checkpoint_every = 50
-    c.progress = True
-    if "code" in opts:
-        c.self_loops = False
-        c.models.gcn.dropout = 0.0
-        c.models.gat.activation = "relu"
-        c.models.gat.out_heads = 8
-        c.disc.final_relu = True
-        c.kd.scale = "code"
-        c.select_on = "test" if dataset == "cora" else "val"
-    if "nolocal" in opts:
-        c.gan_trade = 0.0
-    if "noglobal" in opts:
-        c.logitkd_trade = 0.0
-    if "alone" in opts:
-        c.students = c.students[:1]
-        c.gan_trade = 0.0
-        c.logitkd_trade = 0.0
-    for a in opts:
-        if a.startswith("seeds="):
-            c.num_seeds = int(a.split("=", 1)[1])
-    if "tiny" in opts:
-        c.students = c.students[:2] if len(c.students) > 1 else c.students
-        c.warmup_epochs = 2
-        c.okd_epochs = 3
-        c.num_seeds = 2
-        c.log_every = 1
-        c.checkpoint_every = 2
-        c.progress = False
-    return c
+__all__ = ["OADState", "OAD", "make_oad", "kd_loss", "run_oad", "summarize"]
 
 
 def kd_loss(student_logits, teacher_logits, mask, *, temperature: float,
@@ -215,8 +145,8 @@ def _check_config(config, num_classes):
 
 
 def make_oad(config, task: NodeTask) -> OAD:
-    """Builds the OAD functions for ``config`` (see :func:`default_config`) and ``task``'s
-    shapes (the task itself is an argument of ``step``)."""
+    """Builds the OAD functions for ``config`` (as built by configs/gnn/oad_common.py) and
+    ``task``'s shapes (the task itself is an argument of ``step``)."""
     models = _check_config(config, task.num_classes)
     m = len(models)
     use_gan = bool(config.gan_trade)
@@ -358,9 +288,13 @@ def summarize(state: OADState) -> dict:
     return {"per_seed": per_seed, "stats": stats}
 
 
-def _task_from_config(config) -> NodeTask:
-    return load_task(config.dataset, data_dir=config.data_dir or None,
-                     self_loops=config.self_loops, sparse=config.sparse_features)
+def _log_metrics(log, epoch: int, mt: dict) -> dict:
+    """Means over seeds (and students) of one epoch's metrics."""
+    log.write(epoch, {k: np.mean(mt[k]) for k in
+                      ("loss", "ce", "kd", "gan", "d_loss", "l2_grads")})
+    log.write(epoch, {"val_accuracy": np.mean(mt["val_accuracy"]),
+                      "test_accuracy": np.mean(mt["test_accuracy"])}, prefix="eval")
+    return {"ce": f"{np.mean(mt['ce']):.3f}", "val": f"{np.mean(mt['val_accuracy']):.3f}"}
 
 
 def run_oad(config, workdir: str) -> dict:
@@ -368,45 +302,22 @@ def run_oad(config, workdir: str) -> dict:
     (means over seeds and students), checkpoints and ``workdir/result.json``."""
     import time
 
-    import orbax.checkpoint as ocp
-    from tqdm import tqdm
-
-    from jaxdiff.runlog import MetricsLog
-
     if config.num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
-    task = _task_from_config(config)
+    task = task_from_config(config)
     oad = make_oad(config, task)
     seeds = config.seed + np.arange(config.num_seeds)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
-    state = jax.jit(jax.vmap(oad.init))(init_keys)
-    step = jax.jit(jax.vmap(oad.step, in_axes=(0, None, 0)), donate_argnums=(0,))
-    epochs = config.warmup_epochs + config.okd_epochs
-
-    meta = {"dataset": config.dataset, "students": list(config.students),
-            "seeds": [int(s) for s in seeds]}
-    mngr, state, start = open_checkpoints(workdir, state, config.checkpoint_every, meta)
     t0 = time.time()
-    with MetricsLog(workdir, start_step=start) as log:
-        bar = tqdm(range(start, epochs), disable=not config.progress,
-                   desc=f"oad {config.dataset} {'/'.join(config.students)}")
-        for epoch in bar:
-            state, mt = step(state, task, train_keys)
-            if (epoch + 1) % config.log_every == 0 or epoch + 1 == epochs:
-                mt = jax.device_get(mt)
-                log.write(epoch + 1, {k: np.mean(mt[k]) for k in
-                                      ("loss", "ce", "kd", "gan", "d_loss", "l2_grads")})
-                log.write(epoch + 1, {"val_accuracy": np.mean(mt["val_accuracy"]),
-                                      "test_accuracy": np.mean(mt["test_accuracy"])},
-                          prefix="eval")
-                bar.set_postfix(ce=f"{np.mean(mt['ce']):.3f}",
-                                val=f"{np.mean(mt['val_accuracy']):.3f}")
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == epochs:
-                mngr.save(epoch + 1, args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
-                    meta=ocp.args.JsonSave(meta)))
-    mngr.close()
+    state = run_epochs(
+        jax.jit(jax.vmap(oad.step, in_axes=(0, None, 0)), donate_argnums=(0,)),
+        jax.jit(jax.vmap(oad.init))(init_keys), task, train_keys, workdir=workdir,
+        meta={"dataset": config.dataset, "students": list(config.students),
+              "seeds": [int(s) for s in seeds]},
+        epochs=config.warmup_epochs + config.okd_epochs, log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every, log_metrics=_log_metrics,
+        desc=f"oad {config.dataset} {'/'.join(config.students)}", progress=config.progress)
     result = {"dataset": config.dataset, "students": list(config.students),
               "seeds": [int(s) for s in seeds], "warmup_epochs": config.warmup_epochs,
               "okd_epochs": config.okd_epochs, "logitkd_trade": config.logitkd_trade,
@@ -425,5 +336,5 @@ def _report(result, workdir):
 
 
 if __name__ == "__main__":
-    from jaxdiff.cli import run_job
+    from jaxinfra.cli import run_job
     run_job(run_oad, _report)

@@ -10,7 +10,8 @@ key is ``fold_in(key, epoch)`` and the selection state is checkpointed), the sum
 ``workdir/result.json``.
 
 Also the shared pieces of :mod:`jaxgraph.oad`: :class:`NodeTask` (padded graph + labels +
-split masks), :func:`load_task`, masked losses / accuracies, the optimiser.
+split masks), :func:`load_task`, masked losses / accuracies, the optimiser, model
+selection and the resumable epoch loop :func:`run_epochs`.
 """
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ from flax import struct
 
 from jaxgraph import gnn, graphs
 from jaxgraph.planetoid import load_planetoid
+from jaxinfra import checkpoints
+from jaxinfra.metrics import MetricsLog
 
-__all__ = ["NodeTask", "load_task", "masked_cross_entropy", "masked_accuracy",
-           "make_optimizer", "TrainState", "Selection", "make_train_step", "make_eval_fn",
-           "update_selection", "train_and_evaluate"]
+__all__ = ["NodeTask", "load_task", "task_from_config", "masked_cross_entropy",
+           "masked_accuracy", "make_optimizer", "TrainState", "Selection", "make_train_step",
+           "make_eval_fn", "update_selection", "run_epochs", "train_and_evaluate"]
 
 
 class NodeTask(struct.PyTreeNode):
@@ -76,6 +79,13 @@ def load_task(dataset: str, *, data_dir: str | None = None, self_loops: bool = T
     return NodeTask(graph=g, labels=jnp.asarray(graphs.pad_nodes(d.labels, n_node)),
                     train_mask=jnp.asarray(masks[0]), val_mask=jnp.asarray(masks[1]),
                     test_mask=jnp.asarray(masks[2]), num_classes=d.num_classes)
+
+
+def task_from_config(config) -> NodeTask:
+    """:func:`load_task` of ``config.dataset`` with the config's ``data_dir`` ("": the
+    packaged files), ``self_loops`` and ``sparse_features``."""
+    return load_task(config.dataset, data_dir=config.data_dir or None,
+                     self_loops=config.self_loops, sparse=config.sparse_features)
 
 
 def masked_cross_entropy(logits, labels, mask):
@@ -197,52 +207,63 @@ def init_state(model, tx, task: NodeTask, key) -> TrainState:
                       opt_state=tx.init(params), selection=Selection.create())
 
 
-def open_checkpoints(workdir: str, state, save_every: int, meta: dict):
-    """Opens ``workdir/checkpoints`` (keeps 2); returns (manager, state, start epoch),
-    the state restored from the latest checkpoint when there is one. A checkpoint whose
-    ``meta`` differs (another data set or model) is an error (:func:`runlog.resume`)."""
-    from jaxdiff import runlog
+def run_epochs(step, state, task: NodeTask, key, *, workdir: str, meta: dict, epochs: int,
+               log_every: int, checkpoint_every: int, log_metrics, desc: str = "",
+               progress: bool = False):
+    """The epoch loop of :func:`train_and_evaluate` and :func:`jaxgraph.oad.run_oad`.
+
+    Resumes from ``workdir/checkpoints`` (keeps 2; a checkpoint whose ``meta`` differs,
+    another data set or model, is an error), then runs ``state, metrics = step(state,
+    task, key)`` once per remaining epoch. Every ``log_every`` epochs and at the last,
+    ``log_metrics(log, epoch, metrics)`` writes the host ``metrics`` to the run's
+    :class:`jaxinfra.metrics.MetricsLog` and returns the progress bar's postfix (a dict
+    of strings); the state is saved every ``checkpoint_every`` epochs and at the last.
+
+    Returns:
+      The final state.
+    """
+    from tqdm import tqdm
+
     os.makedirs(workdir, exist_ok=True)
-    mngr = runlog.checkpoint_manager(workdir, save_every=save_every, keep=2)
-    state, start = runlog.resume(mngr, state, meta, what="run", workdir=workdir)
-    return mngr, state, start
+    mngr = checkpoints.manager(workdir, save_every=checkpoint_every, keep=2)
+    state, start = checkpoints.resume(mngr, state, meta, what="run", workdir=workdir)
+    try:
+        with MetricsLog(workdir, start_step=start) as log:
+            bar = tqdm(range(start, epochs), disable=not progress, desc=desc)
+            for epoch in bar:
+                state, m = step(state, task, key)
+                last = epoch + 1 == epochs
+                if (epoch + 1) % log_every == 0 or last:
+                    bar.set_postfix(log_metrics(log, epoch + 1, jax.device_get(m)))
+                if (epoch + 1) % checkpoint_every == 0 or last:
+                    checkpoints.save(mngr, epoch + 1, meta=meta, force=last, state=state)
+    finally:
+        mngr.close()
+    return state
+
+
+def _log_metrics(log, epoch: int, m: dict) -> dict:
+    log.write(epoch, {k: m[k] for k in ("loss", "l2_grads", "train_accuracy")})
+    log.write(epoch, {k: m[k] for k in ("val_loss", "val_accuracy", "test_accuracy")},
+              prefix="eval")
+    return {"loss": f"{m['loss']:.3f}", "val": f"{m['val_accuracy']:.3f}"}
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains ``config.model`` on ``config.dataset``; returns (and writes) the summary."""
-    import orbax.checkpoint as ocp
-    from tqdm import tqdm
-
-    from jaxdiff.runlog import MetricsLog
-
-    task = load_task(config.dataset, data_dir=config.data_dir or None,
-                     self_loops=config.self_loops, sparse=config.sparse_features)
+    task = task_from_config(config)
     model = gnn.make_model(config.model.arch, task.num_classes, **model_kwargs(config))
     decay_mask = first_layer_mask if config.optim.decay_first_layer_only else None
     tx = make_optimizer(config.optim.lr, config.optim.weight_decay, decay_mask=decay_mask)
     key = jax.random.PRNGKey(config.seed)
     init_key, train_key = jax.random.split(key)
-    state = init_state(model, tx, task, init_key)
-    step = jax.jit(make_train_step(model, tx), donate_argnums=(0,))
-
-    meta = {"dataset": config.dataset, "arch": config.model.arch}
-    mngr, state, start = open_checkpoints(workdir, state, config.checkpoint_every, meta)
-    with MetricsLog(workdir, start_step=start) as log:
-        bar = tqdm(range(start, config.epochs), disable=not config.progress,
-                   desc=f"{config.model.arch}/{config.dataset}")
-        for epoch in bar:
-            state, m = step(state, task, train_key)
-            if (epoch + 1) % config.log_every == 0 or epoch + 1 == config.epochs:
-                m = jax.device_get(m)
-                log.write(epoch + 1, {k: m[k] for k in ("loss", "l2_grads", "train_accuracy")})
-                log.write(epoch + 1, {k: m[k] for k in ("val_loss", "val_accuracy",
-                                                         "test_accuracy")}, prefix="eval")
-                bar.set_postfix(loss=f"{m['loss']:.3f}", val=f"{m['val_accuracy']:.3f}")
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-                mngr.save(epoch + 1, args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
-                    meta=ocp.args.JsonSave(meta)))
-    mngr.close()
+    state = run_epochs(
+        jax.jit(make_train_step(model, tx), donate_argnums=(0,)),
+        init_state(model, tx, task, init_key), task, train_key, workdir=workdir,
+        meta={"dataset": config.dataset, "arch": config.model.arch}, epochs=config.epochs,
+        log_every=config.log_every, checkpoint_every=config.checkpoint_every,
+        log_metrics=_log_metrics, desc=f"{config.model.arch}/{config.dataset}",
+        progress=config.progress)
     sel = jax.device_get(state.selection)
     result = {"dataset": config.dataset, "arch": config.model.arch, "seed": config.seed,
               "epochs": config.epochs, "best_val_accuracy": float(sel.best_val),
@@ -258,5 +279,5 @@ def _report(result, workdir):
 
 
 if __name__ == "__main__":
-    from jaxdiff.cli import run_job
+    from jaxinfra.cli import run_job
     run_job(train_and_evaluate, _report)

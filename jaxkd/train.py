@@ -11,8 +11,8 @@ before the optimizer), batch 64, 240 epochs, lr 0.05 times 0.1 after epochs 150,
 the only thing differentiated: the K frozen teachers are an *argument* of the jitted step
 (K same-architecture teachers stacked on a leading axis and vmapped), in eval mode.
 
-Data parallel: the batch is sharded over a 1-D ``Mesh`` of all local devices (axis
-"data") with ``NamedSharding``; parameters and optimizer state are replicated. Losses are
+Data parallel: the batch is sharded over a 1-D mesh of all local devices (axis "data";
+:func:`jaxinfra.mesh.mesh_1d`); parameters and optimizer state are replicated. Losses are
 global-batch means (BatchNorm statistics too), so the step computes the same numbers on
 any device count.
 
@@ -44,16 +44,16 @@ import numpy as np
 import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from jaxdiff import runlog
+from jaxinfra import checkpoints
+from jaxinfra import mesh as mesh_lib
+from jaxinfra.metrics import MetricsLog
 from jaxkd import data as data_lib
 from jaxkd import losses, methods
 
-__all__ = ["TrainState", "StepConfig", "make_mesh", "make_optimizer", "init_state",
-           "train_step", "loss_and_grads", "eval_step", "evaluate", "load_student",
-           "load_teachers", "stack_variables", "build", "train_and_evaluate"]
+__all__ = ["TrainState", "StepConfig", "make_optimizer", "init_state", "train_step",
+           "loss_and_grads", "eval_step", "evaluate", "load_student", "load_teachers",
+           "stack_variables", "build", "train_and_evaluate"]
 
 
 class TrainState(struct.PyTreeNode):
@@ -103,21 +103,7 @@ class StepConfig(NamedTuple):
     teacher_map: str = "vmap"
 
 
-# ----------------------------------------------------------------------------- devices
-
-def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
-    """A 1-D mesh, axis "data", over the first ``num_devices`` local devices (0: all)."""
-    devices = jax.local_devices()
-    n = len(devices) if not num_devices else int(num_devices)
-    if not 1 <= n <= len(devices):
-        raise ValueError(f"num_devices={num_devices} but {len(devices)} local devices "
-                         "are available")
-    return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=devices[:n])
-
-
-def _shardings(mesh):
-    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+DATA_AXIS = "data"     # the mesh axis the batch is sharded over (jaxinfra.mesh.mesh_1d)
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -254,8 +240,8 @@ def evaluate(model, variables, dataset, batch_size: int, mesh=None) -> dict:
     (images, labels)); the last batch is padded and masked, nothing is dropped."""
     images, labels = dataset[0], dataset[1]
     n = images.shape[0]
-    mesh = mesh or make_mesh()
-    _, batch_sh = _shardings(mesh)
+    mesh = mesh or mesh_lib.mesh_1d(DATA_AXIS)
+    batch_sh = mesh_lib.sharded(mesh)
     bs = -(-batch_size // mesh.size) * mesh.size
     correct = ce = 0.0
     for lo in range(0, n, bs):
@@ -276,17 +262,20 @@ def evaluate(model, variables, dataset, batch_size: int, mesh=None) -> dict:
 
 # ------------------------------------------------------------------------ checkpoints
 
+LAST_SUBDIR = "checkpoints"                          # every epoch's state, student, meta
+BEST_SUBDIR = os.path.join("best", "checkpoints")    # the best epoch's student and meta
+
+
 def _models():
     from jaxkd import models  # the model zoo: create(name, num_classes), count_params
     return models
 
 
-def _abstract_variables(model, input_shape, sharding):
-    shapes = jax.eval_shape(
+def _abstract_variables(model, input_shape):
+    """The variables' structure, shapes and dtypes (``jax.eval_shape``; no compute)."""
+    return dict(jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(input_shape),
-                                                            jnp.float32), train=False))
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                        dict(shapes))
+                                                            jnp.float32), train=False)))
 
 
 def load_student(workdir: str, which: str = "best"):
@@ -305,33 +294,18 @@ def load_student(workdir: str, which: str = "best"):
     """
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    root = os.path.join(workdir, "best") if which == "best" else workdir
-    if not os.path.isdir(os.path.join(root, "checkpoints")):
-        raise FileNotFoundError(
-            f"no {which!r} checkpoint in {workdir!r}; train it first with "
-            f"python -m jaxkd.train --config=configs/kd/teacher.py --workdir={workdir}")
-    mngr = runlog.checkpoint_manager(root, read_only=True)
+    mngr, step = checkpoints.open_latest(
+        workdir, subdir=BEST_SUBDIR if which == "best" else LAST_SUBDIR,
+        what=f"{which!r}", hint="train it first with python -m jaxkd.train "
+        f"--config=configs/kd/teacher.py --workdir={workdir}")
     try:
-        step = mngr.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {root}/checkpoints")
-        meta = mngr.restore(step, args=_composite(meta=("json", None)))["meta"]
+        meta = checkpoints.read_meta(mngr, step)
         model = _models().create(meta["model"], num_classes=int(meta["num_classes"]))
-        sh = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = _abstract_variables(model, meta["input_shape"], sh)
-        variables = mngr.restore(step, args=_composite(student=("std", target)))["student"]
+        target = _abstract_variables(model, meta["input_shape"])
+        variables = checkpoints.read(mngr, step, student=target)["student"]
     finally:
         mngr.close()
     return variables, meta
-
-
-def _composite(**items):
-    import orbax.checkpoint as ocp
-    out = {}
-    for name, (kind, value) in items.items():
-        out[name] = {"json": ocp.args.JsonRestore, "std": ocp.args.StandardRestore,
-                     "save": ocp.args.StandardSave, "jsave": ocp.args.JsonSave}[kind](value)
-    return ocp.args.Composite(**out)
 
 
 def stack_variables(variables_list):
@@ -386,7 +360,7 @@ def _num_teachers(config, method):
 
 
 def _teacher_map(config, mesh):
-    how = config.get("teacher_map", "auto")
+    how = config.teacher_map
     if how == "auto":
         return "map" if mesh.devices.flat[0].platform == "cpu" else "vmap"
     if how not in ("vmap", "map"):
@@ -435,7 +409,7 @@ def build(config, input_shape, num_classes, steps_per_epoch, *, teacher_vars=Non
     if config.student not in models.MODELS:
         raise ValueError(f"unknown student model {config.student!r}; valid: "
                          f"{', '.join(sorted(models.MODELS))}")
-    mesh = mesh or make_mesh(int(config.get("num_devices", 0)))
+    mesh = mesh or mesh_lib.mesh_1d(DATA_AXIS, int(config.num_devices))
     if config.batch_size % mesh.size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
                          f"{mesh.size} devices")
@@ -467,7 +441,7 @@ def build(config, input_shape, num_classes, steps_per_epoch, *, teacher_vars=Non
             opts, _feat_shapes(student, s_vars_shape, input_shape),
             _feat_shapes(teacher, t_single, input_shape),
             jax.tree.leaves(teacher_vars)[0].shape[0])
-    replicated, _ = _shardings(mesh)
+    replicated = mesh_lib.replicated(mesh)
     state = jax.jit(init_state, static_argnums=(1, 2, 3, 4), out_shardings=replicated)(
         jax.random.fold_in(key, 1), student, connector, tuple(input_shape), tx)
     if teacher_vars is not None:
@@ -521,7 +495,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
       dict: best_acc, best_epoch, last_acc (test top-1, fractions), epoch, step,
       train_loss (last logged), wall_seconds, num_params (student), steps_per_epoch.
     """
-    import orbax.checkpoint as ocp
     from tqdm import tqdm
 
     methods.get(config.method.name)                      # bad names fail before loading
@@ -538,11 +511,11 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     meta = dict(_run_meta(config, train.images.shape[1:], train.num_classes), history=[],
                 best_acc=-1.0, best_epoch=0)
     os.makedirs(workdir, exist_ok=True)
-    mngr = runlog.checkpoint_manager(workdir, keep=int(config.keep_checkpoints))
-    start = mngr.latest_step()
+    mngr = checkpoints.manager(workdir, subdir=LAST_SUBDIR, keep=int(config.keep_checkpoints))
+    start = checkpoints.latest_good(mngr)      # a corrupt newest step is moved aside
     saved = None
     if start is not None:        # checked before anything is built or compiled
-        saved = mngr.restore(start, args=_composite(meta=("json", None)))["meta"]
+        saved = checkpoints.read_meta(mngr, start)
         for k in ("model", "method", "num_classes", "input_shape", "teacher"):
             if saved.get(k) != meta.get(k):
                 mngr.close()
@@ -552,14 +525,13 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     setup = build(config, train.images.shape[1:], train.num_classes, spe,
                   teacher_vars=teacher_vars, mesh=mesh, fill=fill)
     cfg, state, t_vars, mesh = setup.cfg, setup.state, setup.teacher_vars, setup.mesh
-    replicated, batch_sh = _shardings(mesh)
+    batch_sh = mesh_lib.sharded(mesh)
     total = int(config.num_epochs) * spe
     end = total if stop_at_step is None else min(int(stop_at_step), total)
     key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 2)
-    best_mngr = runlog.checkpoint_manager(os.path.join(workdir, "best"), keep=1)
+    best_mngr = checkpoints.manager(workdir, subdir=BEST_SUBDIR, keep=1)
     if saved is not None:
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = mngr.restore(start, args=_composite(state=("std", target)))["state"]
+        state = checkpoints.read(mngr, start, state=state)["state"]
         meta.update({k: saved[k] for k in ("history", "best_acc", "best_epoch")})
     start = int(start or 0)
     models = _models()
@@ -569,15 +541,13 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
         return {"params": s.params["student"], "batch_stats": s.batch_stats["student"]}
 
     def save(step, s, epoch):
-        m = dict(meta, step=step, epoch=epoch)
-        mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(s), student=ocp.args.StandardSave(student_vars(s)),
-            meta=ocp.args.JsonSave(m)), force=True)
+        checkpoints.save(mngr, step, meta=dict(meta, step=step, epoch=epoch), force=True,
+                         state=s, student=student_vars(s))
 
     t0 = time.perf_counter()
     acc, last, t_log = [], {}, time.perf_counter()
     perm_epoch, perm = -1, None
-    with runlog.MetricsLog(workdir, start_step=start) as log, \
+    with MetricsLog(workdir, start_step=start) as log, \
             tqdm(total=end, initial=start, desc=f"{config.method.name}", unit="step",
                  disable=not config.progress) as bar:
         for step in range(start, end):
@@ -606,10 +576,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
                 meta["history"].append(ev["acc"])
                 if ev["acc"] > meta["best_acc"]:
                     meta["best_acc"], meta["best_epoch"] = ev["acc"], epoch
-                    best_mngr.save(done, args=ocp.args.Composite(
-                        student=ocp.args.StandardSave(student_vars(state)),
-                        meta=ocp.args.JsonSave(dict(meta, step=done, epoch=epoch))),
-                        force=True)
+                    checkpoints.save(best_mngr, done, force=True,
+                                     meta=dict(meta, step=done, epoch=epoch),
+                                     student=student_vars(state))
                 log.write(done, {"acc": ev["acc"], "loss": ev["loss"],
                                  "best_acc": meta["best_acc"], "epoch": epoch},
                           prefix="test")
@@ -636,5 +605,5 @@ def _main(config, workdir):
 
 
 if __name__ == "__main__":
-    from jaxdiff.cli import run_job
+    from jaxinfra.cli import run_job
     run_job(_main, what="distillation config file (configs/kd/*.py)")

@@ -12,7 +12,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
 from idx_files import write_fashion_like  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)

@@ -15,32 +15,29 @@ Options (comma-separated after the colon): cora | citeseer | pubmed (dataset; pu
 """
 import ml_collections
 
+from jaxinfra import config_args
+
 _DATASETS = ("cora", "citeseer", "pubmed")
 _ARCHS = ("gcn", "gat", "sage")
 
 
 def get_config(arg=None):
-    args = set(filter(None, (arg or "cora,gcn").split(",")))
-    unknown = args - set(_DATASETS) - set(_ARCHS) - {"tiny"}
-    if unknown:
-        raise ValueError(f"unknown config option(s) {sorted(unknown)}; valid: "
-                         f"{', '.join(_DATASETS + _ARCHS)}, tiny")
-    dataset = [a for a in _DATASETS if a in args] or ["cora"]
-    arch = [a for a in _ARCHS if a in args] or ["gcn"]
-    if len(dataset) > 1 or len(arch) > 1:
-        raise ValueError(f"pick one dataset and one model, got {sorted(args)}")
+    args = config_args.parse(arg, flags=("tiny",),
+                             choices={"dataset": _DATASETS, "model": _ARCHS},
+                             defaults={"dataset": "cora", "model": "gcn"})
+    arch = args.choices["model"]
     c = ml_collections.ConfigDict()
-    c.dataset = dataset[0]
+    c.dataset = args.choices["dataset"]
     c.data_dir = ""                   # "": the packaged Cora / Citeseer files
     c.self_loops = True
     c.sparse_features = True
     c.seed = 0
     c.epochs = 200
-    if arch[0] == "gcn":
+    if arch == "gcn":
         c.model = ml_collections.ConfigDict({"arch": "gcn", "hidden": 16, "dropout": 0.5})
         c.optim = ml_collections.ConfigDict({"lr": 0.01, "weight_decay": 5e-4,
                                              "decay_first_layer_only": True})
-    elif arch[0] == "gat":
+    elif arch == "gat":
         c.model = ml_collections.ConfigDict({
             "arch": "gat", "hidden": 8, "heads": 8, "out_heads": 1, "activation": "elu",
             "feat_drop": 0.6, "attn_drop": 0.6})
@@ -53,7 +50,7 @@ def get_config(arg=None):
     c.log_every = 10
     c.checkpoint_every = 50
     c.progress = True
-    if "tiny" in args:
+    if "tiny" in args.flags:
         c.epochs = 5
         c.log_every = 1
         c.checkpoint_every = 2

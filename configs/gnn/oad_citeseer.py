@@ -4,13 +4,12 @@
     python -m jaxgraph.oad --config=configs/gnn/oad_citeseer.py:gat,seeds=10 --workdir=runs/oad_citeseer_gat
     python -m jaxgraph.oad --config=configs/gnn/oad_citeseer.py:gcn,code --workdir=runs/oad_citeseer_code
 
-Defaults and options are those of configs/gnn/oad_cora.py (one builder,
-``jaxgraph.oad.default_config``), except that ``code`` keeps validation selection here: the
-reference Citeseer script does not select on the test mask. Measured results:
+Defaults and options: configs/gnn/oad_common.py, as for Cora, except that ``code`` keeps
+validation selection here: the reference Citeseer script does not select on the test mask. Measured results:
 docs/jaxgraph_gnn.md (benchmarks/results/oad_table.json).
 """
-from jaxgraph.oad import default_config
+from configs.gnn.oad_common import oad_config
 
 
 def get_config(arg=None):
-    return default_config("citeseer", arg)
+    return oad_config("citeseer", arg)

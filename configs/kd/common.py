@@ -1,13 +1,16 @@
 """Shared settings of the configs/kd/*.py distillation configs (not a config itself).
 
 Every configs/kd/<method>.py calls :func:`make` with its method name. Options after the
-colon (comma-separated):
+colon (comma-separated, parsed by :func:`jaxinfra.config_args.parse`; fashion and tiny
+exclude each other):
   (none)   the reference CIFAR-100 recipe (tfds cifar100, GPU/TPU-sized): batch 64,
            240 epochs, SGD Nesterov 0.9, lr 0.05 x0.1 after epochs 150/180/210, coupled
            weight decay 5e-4; teacher resnet32x4, student resnet8x4.
-  fashion  offline Fashion-MNIST (Debian IDX files), CPU-sized: the first 6000 training
-           and 2000 test images; students 1 epoch at lr 0.05, teachers (teacher.py) 3
-           epochs with lr x0.1 after epoch 2; teacher resnet20, student resnet8
+  fashion  offline Fashion-MNIST (IDX files in <folder>/fashion-mnist for a folder of
+           $JAXINFRA_DATA_PATH, default Debian's dataset-fashion-mnist), CPU-sized: the
+           first 6000 training and 2000 test images; students 1 epoch at lr 0.05,
+           teachers (teacher.py) 3 epochs with lr x0.1 after epoch 2; teacher resnet20,
+           student resnet8
            (docs/jaxkd.md's benchmark, sized for 2 heavily shared CPU cores).
   tiny     scikit-learn digits, 256 images, 1 epoch of batch 32, resnet8 teacher and
            student (smoke tests; seconds).
@@ -15,26 +18,15 @@ colon (comma-separated):
 """
 import ml_collections
 
+from jaxinfra import config_args
+
 OPTIONS = ("fashion", "tiny")
 
 
-def parse(arg):
-    """Splits 'fashion,seed=1' into ({'fashion'}, {'seed': '1'}); rejects unknown options."""
-    flags, values = set(), {}
-    for part in filter(None, (arg or "").split(",")):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            if k != "seed":
-                raise ValueError(f"unknown config option {k!r}; valid: seed=N")
-            values[k] = v
-        elif part in OPTIONS:
-            flags.add(part)
-        else:
-            raise ValueError(f"unknown config option {part!r}; valid: "
-                             f"{', '.join(OPTIONS)}, seed=N")
-    if {"fashion", "tiny"} <= flags:
-        raise ValueError("options 'fashion' and 'tiny' exclude each other")
-    return flags, values
+def parse(arg) -> config_args.ConfigArgs:
+    """Parses 'fashion,seed=1' (``.flags`` {'fashion'}, ``.values`` {'seed': 1}); an unknown
+    option, a bad seed or 'fashion' with 'tiny' is a ValueError naming the accepted ones."""
+    return config_args.parse(arg, flags=OPTIONS, values={"seed": int}, exclusive=[OPTIONS])
 
 
 def teacher_dirs(flags, k, seed):
@@ -51,9 +43,10 @@ def teacher_dirs(flags, k, seed):
 def make(method: str, arg=None, *, num_teachers: int = 1, defaults=None):
     """The ConfigDict of ``method`` under the options in ``arg`` (see module doc)."""
     from jaxkd import methods
-    flags, values = parse(arg)
+    args = parse(arg)
+    flags = args.flags
     m = methods.get(method)
-    seed = int(values.get("seed", 0))
+    seed = args.values.get("seed", 0)
     c = ml_collections.ConfigDict()
     c.dataset = "cifar100"
     c.data_source = "auto"          # auto | offline | tfds

@@ -15,7 +15,7 @@ from configs.kd import common
 def get_config(arg=None):
     c = common.make("ce", arg)
     c.student = c.teacher.model
-    if "fashion" in common.parse(arg)[0]:
+    if "fashion" in common.parse(arg).flags:
         c.num_epochs = 3
         c.optim.milestones = (2,)
     return c

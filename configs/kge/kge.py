@@ -21,29 +21,20 @@ metrics are in docs/jaxgraph_kge.md.
 """
 import ml_collections
 
-MODELS = ("transe", "distmult", "complex", "rotate", "simple", "tucker")
+from jaxgraph.kge_models import BACKBONES
+from jaxinfra import config_args
+
+MODELS = tuple(BACKBONES)
 DATA = ("wn18rr", "fb15k-237", "synthetic")
-_KEYED = ("dim", "epochs", "seed", "negatives", "lr")
 
 
 def get_config(arg=None):
-    model, data, flags, kv = "rotate", "wn18rr", set(), {}
-    for opt in filter(None, (arg or "").split(",")):
-        opt = opt.strip().lower()
-        if "=" in opt:
-            k, v = opt.split("=", 1)
-            if k not in _KEYED:
-                raise ValueError(f"unknown config option {k!r}; valid keys: {', '.join(_KEYED)}")
-            kv[k] = v
-        elif opt in MODELS:
-            model = opt
-        elif opt in DATA or opt in ("fb15k237", "fb237"):
-            data = "fb15k-237" if opt.startswith("fb") else opt
-        elif opt in ("csd", "tiny"):
-            flags.add(opt)
-        else:
-            raise ValueError(f"unknown config option {opt!r}; valid: models {', '.join(MODELS)}; "
-                             f"data {', '.join(DATA)}; csd, tiny, {'=, '.join(_KEYED)}=")
+    args = config_args.parse(
+        arg, flags=("csd", "tiny"), choices={"model": MODELS, "data": DATA},
+        defaults={"model": "rotate", "data": "wn18rr"},
+        aliases={"fb15k237": "fb15k-237", "fb237": "fb15k-237"},
+        values={"dim": int, "epochs": int, "seed": int, "negatives": int, "lr": float})
+    model, data, flags, kv = args.choices["model"], args.choices["data"], args.flags, args.values
     fb = data == "fb15k-237"
     c = ml_collections.ConfigDict()
     c.dataset = data
@@ -70,7 +61,7 @@ def get_config(arg=None):
     c.train.lr = 3e-3
     c.train.schedule = "constant"               # or step (lr / 10 after decay_fraction)
     c.train.decay_fraction = 0.5
-    bilinear = model in ("distmult", "complex", "simple", "tucker")
+    bilinear = model not in ("transe", "rotate")
     c.train.regularization = 1e-5 if bilinear else 0.0
     c.train.reg_type = "n3"
 
@@ -107,14 +98,9 @@ def get_config(arg=None):
         c.eval.batch_size = 16
         c.eval.chunk = 16
         c.progress = False
-    if "dim" in kv:
-        c.model.dim = int(kv["dim"])
-    if "epochs" in kv:
-        c.train.epochs = int(kv["epochs"])
-    if "seed" in kv:
-        c.seed = int(kv["seed"])
-    if "negatives" in kv:
-        c.train.num_negatives = int(kv["negatives"])
-    if "lr" in kv:
-        c.train.lr = float(kv["lr"])
+    c.model.dim = kv.get("dim", c.model.dim)
+    c.train.epochs = kv.get("epochs", c.train.epochs)
+    c.seed = kv.get("seed", c.seed)
+    c.train.num_negatives = kv.get("negatives", c.train.num_negatives)
+    c.train.lr = kv.get("lr", c.train.lr)
     return c

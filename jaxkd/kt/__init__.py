@@ -6,7 +6,9 @@ a large block to those of a compressed one.
     from jaxkd import kt
     result = kt.run(config, workdir)            # pairs -> translator -> evaluation
 
-One concern per module (the library modules never import the experiment or the CLI):
+One concern per module; the library modules never import the experiment or the CLI, and
+importing this package does not load the experiment either (``run``, ``report`` and
+``check_config`` are fetched from :mod:`jaxkd.kt.experiment` on first use):
 
     nets          the 28x28 classifier blocks (Begin, BasicBlock, SimpleBlockNoBn, Last),
                   the MLP-Mixer translator and the kernel <-> token layouts
@@ -19,21 +21,44 @@ One concern per module (the library modules never import the experiment or the C
     experiment    the whole run (results.json) and its report
     __main__      the CLI (jaxinfra.cli.run_job)
 """
-from jaxkd.kt import augmentation, data, evaluate, experiment, nets, pairs, translator
+import importlib
+
+from jaxkd.kt import augmentation, data, evaluate, nets, pairs, translator
 from jaxkd.kt.augmentation import MASK_TARGETS, AugmentConfig, augment
 from jaxkd.kt.data import DATASETS, load_data
 from jaxkd.kt.evaluate import baselines, evaluate_blocks, network_accuracy, summary
-from jaxkd.kt.experiment import check_config, report, run
-from jaxkd.kt.pairs import (PairConfig, generate_pairs, pair_arrays, pair_config, pair_set,
-                            train_pair)
-from jaxkd.kt.translator import (TranslatorState, augment_config, make_optimizer,
-                                 make_translator, train_epoch, train_translator, translate,
-                                 translator_loss)
+from jaxkd.kt.pairs import (
+    PairConfig,
+    generate_pairs,
+    pair_arrays,
+    pair_config,
+    pair_set,
+    train_pair,
+)
+from jaxkd.kt.translator import (
+    TranslatorState,
+    augment_config,
+    make_optimizer,
+    make_translator,
+    train_epoch,
+    train_translator,
+    translate,
+    translator_loss,
+)
 
-__all__ = ["nets", "data", "pairs", "augmentation", "evaluate", "translator", "experiment",
-           "PairConfig", "pair_config", "train_pair", "generate_pairs", "pair_set",
-           "pair_arrays", "MASK_TARGETS", "AugmentConfig", "augment", "DATASETS",
-           "load_data", "network_accuracy", "evaluate_blocks", "summary", "baselines",
-           "TranslatorState", "make_translator", "make_optimizer", "augment_config",
-           "translator_loss", "train_epoch", "translate", "train_translator",
-           "check_config", "run", "report"]
+__all__ = ["DATASETS", "MASK_TARGETS", "AugmentConfig", "PairConfig", "TranslatorState", "augment",
+           "augment_config", "augmentation", "baselines", "check_config", "data", "evaluate",
+           "evaluate_blocks", "experiment", "generate_pairs", "load_data", "make_optimizer",
+           "make_translator", "nets", "network_accuracy", "pair_arrays", "pair_config", "pair_set",
+           "pairs", "report", "run", "summary", "train_epoch", "train_pair", "train_translator",
+           "translate", "translator", "translator_loss"]
+
+_EXPERIMENT_NAMES = ("experiment", "run", "report", "check_config")
+
+
+def __getattr__(name):
+    """``experiment``, ``run``, ``report`` and ``check_config``, imported on first use."""
+    if name in _EXPERIMENT_NAMES:
+        module = importlib.import_module("jaxkd.kt.experiment")
+        return module if name == "experiment" else getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["MASK_TARGETS", "AugmentConfig", "check_target", "augment"]
+__all__ = ["MASK_TARGETS", "AugmentConfig", "augment", "check_target"]
 
 MASK_TARGETS = ("t", "s", "both")
 

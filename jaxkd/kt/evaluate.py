@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxkd.kt import nets
 
-__all__ = ["network_accuracy", "evaluate_blocks", "summary", "baselines"]
+__all__ = ["baselines", "evaluate_blocks", "network_accuracy", "summary"]
 
 
 def network_accuracy(variables, images, labels, *, middle: str, batch_size: int = 1000):
@@ -54,7 +54,7 @@ def evaluate_blocks(begin, last, middle_vars, images, labels, *, middle: str = "
         ``{"params": ...}``).
       images, labels: the test set.
     """
-    acc = lambda b, m, l: network_accuracy({"begin": b, "middle": m, "last": l}, images,
+    acc = lambda b, m, t: network_accuracy({"begin": b, "middle": m, "last": t}, images,
                                            labels, middle=middle, batch_size=batch_size)
     return jax.vmap(acc)(begin, middle_vars, last)
 

@@ -18,7 +18,7 @@ import numpy as np
 from jaxkd.kt import data, evaluate, nets, pairs, translator
 from jaxkd.kt.augmentation import check_target
 
-__all__ = ["check_config", "run", "report"]
+__all__ = ["check_config", "report", "run"]
 
 
 def check_config(config):

@@ -30,10 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["BeginBlock", "BasicBlock", "SimpleBlockNoBn", "LastBlock", "MLPMixer",
-           "MIDDLE_BLOCKS", "classifier_apply", "init_classifier", "init_simple",
-           "count_params", "basic_tokens", "simple_from_output", "simple_to_kernels",
-           "kernels_to_output", "mixer_param_count"]
+__all__ = ["MIDDLE_BLOCKS", "BasicBlock", "BeginBlock", "LastBlock", "MLPMixer", "SimpleBlockNoBn",
+           "basic_tokens", "classifier_apply", "count_params", "init_classifier", "init_simple",
+           "kernels_to_output", "mixer_param_count", "simple_from_output", "simple_to_kernels"]
 
 _torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 

@@ -27,8 +27,7 @@ from flax import traverse_util
 from jaxinfra import mesh as mesh_lib
 from jaxkd.kt import nets
 
-__all__ = ["PairConfig", "pair_config", "train_pair", "generate_pairs", "pair_set",
-           "pair_arrays"]
+__all__ = ["PairConfig", "generate_pairs", "pair_arrays", "pair_config", "pair_set", "train_pair"]
 
 
 class PairConfig(NamedTuple):
@@ -128,7 +127,7 @@ def train_pair(key, images, labels, *, cfg: PairConfig) -> dict:
 
     (simple, _), losses2 = jax.lax.scan(step_small, (simple, tx.init(simple)),
                                         jnp.arange(cfg.steps_small))
-    last = lambda l: l[-1] if l.shape[0] else jnp.float32(jnp.nan)
+    last = lambda losses: losses[-1] if losses.shape[0] else jnp.float32(jnp.nan)
     return {"begin": large["begin"], "basic": large["middle"], "last": large["last"],
             "simple": simple, "loss_large": last(losses1), "loss_small": last(losses2)}
 

@@ -23,8 +23,8 @@ from jaxkd.kt import evaluate, nets
 from jaxkd.kt.augmentation import AugmentConfig, augment
 from jaxkd.kt.pairs import pair_arrays
 
-__all__ = ["TranslatorState", "make_translator", "make_optimizer", "augment_config",
-           "translator_loss", "train_epoch", "translate", "train_translator"]
+__all__ = ["TranslatorState", "augment_config", "make_optimizer", "make_translator", "train_epoch",
+           "train_translator", "translate", "translator_loss"]
 
 
 class TranslatorState(struct.PyTreeNode):

@@ -82,7 +82,8 @@ def test_outputs_and_load_checkpoint(straight):
         np.testing.assert_array_equal(x, y)
     other = edm_digits.get_config("tiny")
     other.model.base_channels = 16
-    with pytest.raises(ValueError, match="model checkpoint .step 4. with other settings: base_channels: 8 -> 16"):
+    with pytest.raises(ValueError, match="model checkpoint .step 4. with other settings: "
+                                         "base_channels: 8 -> 16"):
         train.train_and_evaluate(other, workdir)
 
 

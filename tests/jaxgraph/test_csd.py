@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgraph import csd, kge, kge_models
+from jaxgraph import csd, kge_models
+from jaxgraph.kge import experiment
+from jaxgraph.kge import step as kge_step
 
 
 def test_huber_kd_loss_hand_values():
@@ -36,10 +38,10 @@ def test_confidences():
 def test_kd_vanishes_when_teacher_equals_student(confidence, target, loss, shared):
     b = kge_models.get_backbone("complex", 8)
     c = csd.CSDConfig(enabled=True, confidence=confidence, target=target, weight=1.0)
-    cfg = kge.StepConfig(b, num_entities=10, loss=loss, num_negatives=4,
-                         shared_negatives=shared, csd=c)
-    tx = kge.make_optimizer(_cfg(), 1)
-    state = kge.init_state(cfg, 3, tx, jax.random.PRNGKey(0))
+    cfg = kge_step.StepConfig(b, num_entities=10, loss=loss, num_negatives=4,
+                              shared_negatives=shared, csd=c)
+    tx = experiment.make_optimizer(_cfg(), 1)
+    state = kge_step.init_state(cfg, 3, tx, jax.random.PRNGKey(0))
     batch = jnp.array([[0, 1, 2], [3, 2, 4], [5, 0, 9]], jnp.int32)
     w = jnp.ones(3)
     args = (batch, w, jax.random.PRNGKey(1))
@@ -47,9 +49,10 @@ def test_kd_vanishes_when_teacher_equals_student(confidence, target, loss, share
     @jax.jit
     def run(params):
         other = jax.tree.map(lambda a: a + 0.3, params["kge"])
-        same = kge.loss_fn(params, params["kge"], *args, 1.0, cfg)
-        base = kge.loss_fn(params, params["kge"], *args, 0.0, cfg._replace(csd=csd.CSDConfig()))
-        return same, base, kge.loss_fn(params, other, *args, 1.0, cfg)
+        same = kge_step.loss_fn(params, params["kge"], *args, 1.0, cfg)
+        base = kge_step.loss_fn(params, params["kge"], *args, 0.0,
+                                cfg._replace(csd=csd.CSDConfig()))
+        return same, base, kge_step.loss_fn(params, other, *args, 1.0, cfg)
 
     (loss_same, aux), (base, _), (_, aux2) = run(state.params)
     assert float(aux["kd_loss"]) == 0.0
@@ -64,3 +67,12 @@ def _cfg():
     import ml_collections
     return ml_collections.ConfigDict({"train": {"epochs": 1, "schedule": "constant",
                                                 "lr": 1e-2, "optimizer": "adam"}})
+
+
+def test_lambda_and_teacher_refresh_schedules():
+    c = csd.CSDConfig(enabled=True, weight=0.5, warmup_epochs=2, refresh_epochs=2)
+    assert [kge_step.kd_weight(c, e) for e in range(4)] == [0.0, 0.0, 0.5, 0.5]
+    assert [kge_step.refresh_due(c, e) for e in range(5)] == [False, False, True, False, True]
+    assert not any(kge_step.refresh_due(c._replace(ema=0.9), e) for e in range(5))
+    assert kge_step.kd_weight(csd.CSDConfig(), 5) == 0.0
+    assert not kge_step.refresh_due(csd.CSDConfig(), 2)

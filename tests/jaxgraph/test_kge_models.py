@@ -1,4 +1,5 @@
-"""KGE scoring functions against hand-computed values; query/match forms agree."""
+"""KGE scoring functions against hand-computed values; query/match forms agree; the
+backbone records and their registry."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,34 +39,53 @@ def test_hand_computed_scores(name):
     dim, ent, rel, core, expected = HAND[name]
     b = km.get_backbone(name, dim, gamma=6.0)
     p = _params(ent, rel, core)
-    got = jax.jit(km.score_triples, static_argnums=0)(b, p, jnp.array([0]), jnp.array([0]),
-                                                      jnp.array([1]))
+    got = jax.jit(b.score_triples)(p, jnp.array([0]), jnp.array([0]), jnp.array([1]))
     np.testing.assert_allclose(np.asarray(got), [expected], rtol=1e-9, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", km.BACKBONES)
 def test_head_tail_and_all_candidate_forms_agree(name):
     b = km.get_backbone(name, 6 if name != "tucker" else 4, gamma=3.0)
-    p = km.init_params(b, 7, 3, jax.random.PRNGKey(0), init_range=0.5)
+    p = b.init_params(7, 3, jax.random.PRNGKey(0), init_range=0.5)
     p = jax.tree.map(lambda a: a.astype(jnp.float64), p)
     h, r = jnp.array([0, 3, 6]), jnp.array([2, 0, 1])
     ents = jnp.arange(7)
 
     @jax.jit
     def forms(p):
-        full = km.score_triples(b, p, h[:, None], r[:, None], ents[None, :])   # (3, 7)
-        tails = km.match_all(b, km.tail_query(b, p, h, r), p["entity"])
-        heads = km.match_all(b, km.head_query(b, p, r, h), p["entity"])      # t := h
-        ref_heads = km.score_triples(b, p, ents[None, :], r[:, None], h[:, None])
-        return full, tails, heads, ref_heads
+        full = b.score_triples(p, h[:, None], r[:, None], ents[None, :])   # (3, 7)
+        tails = b.match_all(b.tail_query(p, h, r), p["entity"])
+        heads = b.match_all(b.head_query(p, r, h), p["entity"])          # t := h
+        ref_heads = b.score_triples(p, ents[None, :], r[:, None], h[:, None])
+        cands = b.match(b.tail_query(p, h, r), p["entity"][None, :, :])   # (3, 7) rows
+        return full, tails, heads, ref_heads, cands
 
-    full, tails, heads, ref_heads = forms(p)
+    full, tails, heads, ref_heads, cands = forms(p)
     np.testing.assert_allclose(tails, full, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(heads, ref_heads, rtol=1e-10, atol=1e-10)
-    # the Linen module computes the same scores
-    model = km.KGEModel(b, 7, 3)
-    np.testing.assert_allclose(jax.jit(model.apply)({"params": p}, h[:, None], r[:, None],
-                                                    ents[None, :]), full, rtol=1e-12)
+    np.testing.assert_allclose(cands, full, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", km.BACKBONES)
+def test_init_shapes_and_ranges(name):
+    b = km.get_backbone(name, 6 if name != "tucker" else 4, gamma=2.0)
+    p = b.init_params(5, 2, jax.random.PRNGKey(1))
+    want = {"entity": (5, b.dim), "relation": (2, b.rel_dim)}
+    if name == "tucker":
+        want["core"] = (4, 4, 4)
+    assert {k: v.shape for k, v in p.items()} == want
+    # default range: RotatE's emb_range for the distance models, 0.1 for the others
+    a = {"transe": 4 / 6, "rotate": 4 / 3}.get(name, 0.1)
+    assert float(jnp.max(jnp.abs(p["entity"]))) <= a
+    assert b.bilinear == (name not in ("transe", "rotate"))
+
+
+def test_registry_records_are_cached_and_hashable():
+    b = km.get_backbone(" RotatE ", 8)
+    assert b is km.BACKBONES["rotate"](8.0, 6) and b == km.rotate(8, gamma=6.0)
+    assert hash(b) == hash(km.get_backbone("rotate", 8))
+    assert b != km.get_backbone("rotate", 8, gamma=3.0)
+    assert (b.name, b.dim, b.gamma, b.rel_dim) == ("rotate", 8, 6.0, 4)
 
 
 def test_unknown_model_and_bad_dim():
@@ -73,3 +93,5 @@ def test_unknown_model_and_bad_dim():
         km.get_backbone("transh", 8)
     with pytest.raises(ValueError, match="rotate needs an even dim"):
         km.get_backbone("rotate", 7)
+    with pytest.raises(ValueError, match="transe needs a dim >= 1"):
+        km.get_backbone("transe", 0)

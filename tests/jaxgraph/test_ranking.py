@@ -21,10 +21,10 @@ def _setup(seed=0, num_ent=23, num_rel=3, dim=4):
 def test_filtered_ranks_match_brute_force(name):
     params, known, queries = _setup()
     b = kge_models.get_backbone(name, 4, gamma=2.0)
-    s = np.asarray(kge_models.score_triples(b, params, jnp.arange(23)[None, :],
-                                            queries[:, 1:2], queries[:, 2:3]))   # heads
-    s_t = np.asarray(kge_models.score_triples(b, params, queries[:, :1], queries[:, 1:2],
-                                              jnp.arange(23)[None, :]))          # tails
+    s = np.asarray(b.score_triples(params, jnp.arange(23)[None, :], queries[:, 1:2],
+                                   queries[:, 2:3]))                             # heads
+    s_t = np.asarray(b.score_triples(params, queries[:, :1], queries[:, 1:2],
+                                     jnp.arange(23)[None, :]))                   # tails
     ks = {tuple(x) for x in known.tolist()}
     for side, scores, tgt_col in (("head", s, 0), ("tail", s_t, 2)):
         filt = []

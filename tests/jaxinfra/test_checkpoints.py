@@ -41,7 +41,8 @@ def test_resume_restores_latest_and_refuses_other_runs(tmp_path):
     state, start = checkpoints.resume(mngr, _tree(), {"model": "a", "step": 0},
                                       key=lambda m: m["model"], workdir=str(tmp_path))
     assert start == 3 and float(state["w"][0, 0]) == 3.0
-    with pytest.raises(ValueError, match="model checkpoint .step 3. with other settings: settings: .a. -> .b.. Use a new --workdir"):
+    with pytest.raises(ValueError, match="model checkpoint .step 3. with other settings: "
+                                         "settings: .a. -> .b.. Use a new --workdir"):
         checkpoints.resume(mngr, _tree(), {"model": "b"}, key=lambda m: m["model"],
                            what="model", workdir=str(tmp_path))
 

@@ -145,19 +145,19 @@ def test_aekd_weights_and_loss_hand_values():
 
 
 def test_dskd_layer_weights_rules():
-    l = np.array([1.0, 3.0])
-    np.testing.assert_allclose(losses.dskd_layer_weights(jnp.asarray(l), "proportional"),
+    layer_loss = np.array([1.0, 3.0])
+    np.testing.assert_allclose(losses.dskd_layer_weights(jnp.asarray(layer_loss), "proportional"),
                                [0.25, 0.75], rtol=1e-12)
-    sm = np.exp(l / 2) / np.exp(l / 2).sum()
-    np.testing.assert_allclose(losses.dskd_layer_weights(jnp.asarray(l), "softmax", 2.0),
+    sm = np.exp(layer_loss / 2) / np.exp(layer_loss / 2).sum()
+    np.testing.assert_allclose(losses.dskd_layer_weights(jnp.asarray(layer_loss), "softmax", 2.0),
                                sm, rtol=1e-12)
     np.testing.assert_allclose(
-        losses.dskd_layer_weights(jnp.asarray(l), "inverse_softmax", 2.0), 1 - sm,
+        losses.dskd_layer_weights(jnp.asarray(layer_loss), "inverse_softmax", 2.0), 1 - sm,
         rtol=1e-12)
-    np.testing.assert_allclose(losses.dskd_layer_weights(jnp.asarray(l), "uniform"),
+    np.testing.assert_allclose(losses.dskd_layer_weights(jnp.asarray(layer_loss), "uniform"),
                                [0.5, 0.5])
     with pytest.raises(ValueError, match="valid"):
-        losses.dskd_layer_weights(jnp.asarray(l), "bogus")
+        losses.dskd_layer_weights(jnp.asarray(layer_loss), "bogus")
 
 
 def test_adaptive_avg_pool_matches_brute_force():
@@ -197,13 +197,22 @@ def test_data_loaders_and_errors():
     assert full.images.shape[0] == 1437 and data.load("digits", "test").images.shape[0] == 360
     raw = full.images * 0.3760 + 0.3053                      # back to pixel / 16
     np.testing.assert_allclose([raw.min(), raw.max()], [0.0, 1.0], atol=1e-6)
+    # "fashion_mnist" is the fixture of tests/idx_files.py (uint8 IDX files, 0 and 255
+    # both present): normalised with the Fashion-MNIST statistics, which invert exactly.
     f = data.load("fashion_mnist", "test", max_examples=64)
     assert f.images.shape == (64, 28, 28, 1) and f.images.dtype == np.float32
-    raw = (f.images * 0.3530 + 0.2860)
-    assert raw.min() >= -1e-6 and raw.max() <= 1 + 1e-6
+    raw = (f.images * 0.3530 + 0.2860)                       # back to pixel / 255
+    np.testing.assert_allclose([raw.min(), raw.max()], [0.0, 1.0], atol=1e-6)
     with pytest.raises(ValueError, match="valid"):
         data.load("imagenet")
     with pytest.raises(ValueError, match="no offline source"):
         data.load("cifar100", source="offline")
-    with pytest.raises(FileNotFoundError, match="apt-get install"):
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist.*JAXINFRA_DATA_PATH"):
         data.load("fashion_mnist", data_dir="/nonexistent")
+
+
+def test_fashion_mnist_is_searched_on_the_data_path(monkeypatch, tmp_path):
+    """Only the folders of $JAXINFRA_DATA_PATH are searched (nothing else on the machine)."""
+    monkeypatch.setenv("JAXINFRA_DATA_PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "fashion-mnist")):
+        data.load("fashion_mnist", "test", max_examples=4)

@@ -12,6 +12,7 @@ import pytest
 from kd_testnet import ZOO
 
 from configs.kd import common
+from jaxinfra import mesh as mesh_lib
 from jaxkd import data, train
 
 
@@ -58,7 +59,7 @@ def test_a_few_steps_lower_the_loss(datasets):
     # The settings (and so the compiled step) of the resume test's runs.
     fill = tuple(-m / s for m, s in zip(tr.mean, tr.std))
     setup = train.build(_config("ce"), (8, 8, 1), 10, 4, fill=fill)
-    batch = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec("data"))
+    batch = mesh_lib.sharded(setup.mesh)
     x, y = jax.device_put(tr.images[:16], batch), jax.device_put(tr.labels[:16], batch)
     state, losses_seen = setup.state, []
     for _ in range(20):
@@ -106,14 +107,12 @@ def test_sharded_step_equals_single_device(datasets):
     tv = _teachers(2)
     x, y = tr.images[:16], tr.labels[:16]
     setup = train.build(_config("camkd", teacher_map="vmap"), (8, 8, 1), 10, 4,
-                        teacher_vars=tv, mesh=train.make_mesh(1))
+                        teacher_vars=tv, mesh=mesh_lib.mesh_1d("data", 1))
     fn = jax.jit(train.loss_and_grads, static_argnames=("cfg",))
     out = {}
     for n, how in ((1, "vmap"), (4, "vmap")):
-        mesh = train.make_mesh(n)
-        P = jax.sharding.PartitionSpec
-        rep, batch = (jax.sharding.NamedSharding(mesh, P()),
-                      jax.sharding.NamedSharding(mesh, P("data")))
+        mesh = mesh_lib.mesh_1d("data", n)
+        rep, batch = mesh_lib.replicated(mesh), mesh_lib.sharded(mesh)
         xs, ys = jax.device_put(x, batch), jax.device_put(y, batch)
         loss, metrics, _, grads = fn(jax.device_put(setup.state, rep),
                                      jax.device_put(setup.teacher_vars, rep), xs, ys,
@@ -158,8 +157,12 @@ def test_bad_names_fail_early(datasets, tmp_path):
         train.build(_config("ce", batch_size=15, num_devices=4), (8, 8, 1), 10, 4)
     with pytest.raises(FileNotFoundError, match="train it first"):
         train.load_student(str(tmp_path / "nothing"))
-    with pytest.raises(ValueError, match="valid: fashion, tiny"):
+    with pytest.raises(ValueError, match="'tinny'; accepted: fashion, tiny, seed="):
         common.make("kd", "tinny")
+    with pytest.raises(ValueError, match="exclude each other"):
+        common.make("kd", "fashion,tiny")
+    with pytest.raises(ValueError, match="seed='x' is not a valid int"):
+        common.make("kd", "seed=x")
 
 
 @pytest.mark.parametrize("name", ["teacher", "ce", "kd", "fitnet", "dskd", "camkd", "aver",
@@ -173,4 +176,5 @@ def test_configs_build(name):
         if name in ("camkd", "aver", "ebkd", "fitnet_mkd", "aekd"):
             assert len(c.teacher.workdirs) == 3
     assert mod.get_config("fashion").dataset == "fashion_mnist"
+    assert mod.get_config("tiny,seed=2").seed == 2
     assert mod.get_config("").optim.milestones == (150, 180, 210)
