@@ -35,6 +35,8 @@ import shutil
 import jax
 import numpy as np
 
+from jaxinfra.finite import NonFiniteError
+
 __all__ = ["manager", "save", "read_meta", "read", "resume", "open_latest", "verify",
            "latest_good", "NonFiniteError", "SettingsMismatchError", "differences"]
 
@@ -42,10 +44,6 @@ DEFAULT_SUBDIR = "checkpoints"
 INTEGRITY_FILE = "integrity.json"
 CORRUPT_SUBDIR = "corrupt"
 _log = logging.getLogger(__name__)
-
-
-class NonFiniteError(FloatingPointError):
-    """A state or metric holds NaN or inf; nothing was saved."""
 
 
 class SettingsMismatchError(ValueError):
@@ -272,7 +270,8 @@ def _restore_good(mngr, restore):
                         steps[1] if len(steps) > 1 else None)
 
 
-def resume(mngr, state, meta: dict, *, key=None, what: str = "run", workdir: str = ""):
+def resume(mngr, state, meta: dict, *, key=None, what: str = "run", workdir: str = "",
+           extend_keys=(), extend: bool = False):
     """Restores the newest good checkpoint of ``mngr`` into ``state``'s structure.
 
     Args:
@@ -283,6 +282,10 @@ def resume(mngr, state, meta: dict, *, key=None, what: str = "run", workdir: str
       key: what must agree (default: the whole metadata).
       what: named in the error ("model", "translator", ...).
       workdir: named in the error.
+      extend_keys: dotted names of the run's length (``num_steps``, ``epochs``): they may
+        differ only with ``extend=True`` (continue a run to a new length; the step
+        counter goes on from the checkpoint).
+      extend: allow ``extend_keys`` to differ.
 
     Returns:
       ``(state, start_step)``; start_step is 0 without a checkpoint.
@@ -296,6 +299,15 @@ def resume(mngr, state, meta: dict, *, key=None, what: str = "run", workdir: str
     def restore(step):
         saved = read_meta(mngr, step)
         diffs = differences(key(saved), key(meta))
+        length = [d for d in diffs if d.split(":")[0] in extend_keys]
+        if length and len(length) == len(diffs) and not extend:
+            mngr.close()
+            raise SettingsMismatchError(
+                f"{workdir!r} holds a {what} run (checkpoint at step {step}) of another "
+                f"length: {'; '.join(length)}. To continue it to the new length add "
+                "--config.extend=True; otherwise use a new --workdir")
+        if extend:
+            diffs = [d for d in diffs if d not in length]
         if diffs:
             mngr.close()
             raise SettingsMismatchError(

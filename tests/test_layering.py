@@ -62,7 +62,7 @@ GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 
 
 def _is_cli(name):
-    return (".experiments" in name or name.endswith(".__main__")
+    return (".experiments" in name or name.endswith((".__main__", ".experiment"))
             or name in JAXDIFF_LAUNCHERS)
 
 

@@ -1,0 +1,179 @@
+"""A KGE run from a config (``configs/kge/kge.py``), and the command line.
+
+    python -m jaxgraph.kge --config=configs/kge/kge.py:rotate,wn18rr,dim=32 --workdir=W
+
+:func:`train_and_evaluate` loads the data, builds the step settings and the optimizer,
+resumes from ``workdir`` when it holds a checkpoint of the same model, data and CSD
+settings, trains (:func:`jaxgraph.kge.trainer.train_epochs`) and evaluates: validation
+every ``eval.every`` epochs (filter train + valid) and the final validation and test
+(filter train + valid + test), realistic filtered ranks, both sides.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import numpy as np
+import optax
+
+from jaxgraph import csd as csd_lib
+from jaxgraph import kg_data, kge_models
+from jaxgraph.kge import evaluation, trainer
+from jaxgraph.kge import step as kge_step
+from jaxinfra import checkpoints
+from jaxinfra.metrics import MetricsLog
+
+__all__ = ["OPTIMIZERS", "make_optimizer", "csd_config", "step_config", "load_data",
+           "train_and_evaluate", "main"]
+
+OPTIMIZERS = ("adam", "adagrad")
+# What must agree between a run and the checkpoint it resumes from.
+_RESUME_KEYS = ("model", "dataset", "csd")
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam or Adagrad (``config.train.optimizer``), constant lr or RotatE's step decay
+    (lr / 10 after ``decay_fraction`` of the run: ``schedule='step'``).
+
+    Cached on the settings, so runs with equal settings share one compiled epoch."""
+    tc = config.train
+    return _optimizer(str(tc.optimizer), float(tc.lr), str(tc.schedule),
+                      int(tc.epochs) * steps_per_epoch,
+                      float(tc.get("decay_fraction", 0.5)))
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(name: str, lr: float, schedule: str, total: int, decay_fraction: float):
+    if schedule == "constant":
+        rate = lr
+    elif schedule == "step":
+        rate = optax.piecewise_constant_schedule(
+            lr, {max(1, int(total * decay_fraction)): 0.1})
+    else:
+        raise ValueError(f"unknown train.schedule {schedule!r}; valid: constant, step")
+    if name == "adam":
+        return optax.adam(rate)
+    if name == "adagrad":
+        return optax.adagrad(rate)
+    raise ValueError(f"unknown train.optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+def csd_config(config) -> csd_lib.CSDConfig:
+    """The validated :class:`jaxgraph.csd.CSDConfig` of ``config.csd``."""
+    c = config.csd
+    return csd_lib.CSDConfig(
+        enabled=bool(c.enabled), weight=float(c.weight), delta=float(c.delta),
+        tau=float(c.tau), confidence=str(c.confidence), target=str(c.target),
+        refresh_epochs=int(c.refresh_epochs), ema=float(c.ema),
+        warmup_epochs=int(c.warmup_epochs), hidden=int(c.hidden)).validate()
+
+
+def step_config(config, num_entities: int) -> kge_step.StepConfig:
+    """The static step settings of ``config`` (model, loss, negatives, CSD)."""
+    m, tc = config.model, config.train
+    if tc.loss not in kge_step.LOSSES:
+        raise ValueError(f"unknown train.loss {tc.loss!r}; valid: "
+                         f"{', '.join(kge_step.LOSSES)}")
+    if tc.reg_type not in ("n3", "l2"):
+        raise ValueError(f"unknown train.reg_type {tc.reg_type!r}; valid: n3, l2")
+    return kge_step.StepConfig(
+        backbone=kge_models.get_backbone(m.name, int(m.dim), float(m.gamma)),
+        num_entities=int(num_entities), loss=str(tc.loss),
+        num_negatives=int(tc.num_negatives),
+        shared_negatives=bool(tc.shared_negatives), adv_temperature=float(tc.adv_temperature),
+        regularization=float(tc.regularization), reg_type=str(tc.reg_type),
+        csd=csd_config(config))
+
+
+def load_data(config) -> kg_data.KGData:
+    """``config.dataset``: a bundled / on-disk graph, or ``synthetic`` (``config.synthetic``)."""
+    if config.dataset == "synthetic":
+        s = config.get("synthetic", None)
+        return kg_data.synthetic_kg(**(dict(s) if s is not None else {}))
+    return kg_data.load_kg(config.dataset, data_dir=config.data_dir or None,
+                           vocabulary=config.vocabulary)
+
+
+def _meta(config, data) -> dict:
+    return {"model": dict(config.model), "dataset": data.name,
+            "num_entities": data.num_entities, "num_relations": data.num_relations,
+            "csd": dict(config.csd), "seed": int(config.seed)}
+
+
+def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None) -> dict:
+    """Trains (or resumes from ``workdir``) and evaluates; returns the results dict.
+
+    Args:
+      config: a ConfigDict as built by ``configs/kge/kge.py``.
+      workdir: output folder.
+      stop_at_epoch: stop after this epoch (simulates an interruption; no final test).
+    """
+    data = load_data(config)          # bad data fails here, before any compilation
+    cfg = step_config(config, data.num_entities)
+    bs = int(config.train.batch_size)
+    n_train = len(data.train)
+    if n_train // bs < 1:
+        raise ValueError(f"train.batch_size {bs} exceeds the {n_train} training triples")
+    tx = make_optimizer(config, n_train // bs)
+    weights = (kge_step.subsampling_weights(data.train, data.num_relations)
+               if config.train.subsampling else np.ones(n_train, np.float32))
+    key = jax.random.PRNGKey(int(config.seed))
+    ec = config.eval
+
+    def evaluate(params, split, filter_splits, max_queries=0):
+        return evaluation.evaluate_split(cfg.backbone, params, data, split, filter_splits,
+                                         batch_size=ec.batch_size, chunk=ec.chunk,
+                                         max_queries=max_queries)
+
+    def validate(params):
+        return evaluate(params, "valid", ("train", "valid"), int(ec.valid_max_queries))
+
+    os.makedirs(workdir, exist_ok=True)
+    mngr = checkpoints.manager(workdir, save_every=int(config.checkpoint_every),
+                               keep=int(config.keep_checkpoints))
+    meta = _meta(config, data)
+    state = kge_step.init_state(cfg, data.num_relations, tx, jax.random.fold_in(key, 1),
+                                float(config.model.init_range))
+    state, start = checkpoints.resume(mngr, state, meta, what="run", workdir=workdir,
+                                      key=lambda m: {k: m[k] for k in _RESUME_KEYS})
+    epochs = int(config.train.epochs)
+    end = epochs if stop_at_epoch is None else min(epochs, int(stop_at_epoch))
+    result = {"dataset": data.name, "model": cfg.backbone.name, "dim": cfg.backbone.dim,
+              "csd": cfg.csd.enabled, "seed": int(config.seed), "epochs": epochs}
+    with MetricsLog(workdir, start_step=start) as log:
+        try:
+            state, result["train_seconds"] = trainer.train_epochs(
+                state, cfg, tx, data.train, weights, key=jax.random.fold_in(key, 2),
+                seed=int(config.seed), batch_size=bs, start=start, end=end, epochs=epochs,
+                mngr=mngr, meta=meta, log=log, validate=validate,
+                eval_every=int(ec.every), progress=bool(config.progress))
+        finally:
+            mngr.close()
+        if end == epochs and ec.test:
+            params = state.params["kge"]
+            valid = validate(params)
+            test = evaluate(params, "test", kg_data.SPLITS)
+            log.write(epochs, valid, prefix="valid")
+            log.write(epochs, test, prefix="test")
+            result["valid"], result["test"] = valid, test
+    result["epochs_done"] = end
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _print_result(result, workdir):
+    del workdir
+    short = {k: v for k, v in result.items() if k not in ("valid", "test")}
+    if "test" in result:
+        short["test"] = {k: round(result["test"][k], 4) for k in
+                         ("mrr", "mr", "hits@1", "hits@3", "hits@10", "seconds")}
+    print(json.dumps(short))
+
+
+def main():
+    """``python -m jaxgraph.kge --config=... --workdir=...``."""
+    from jaxinfra.cli import run_job
+    run_job(train_and_evaluate, _print_result, what="KGE config file")

@@ -1,0 +1,85 @@
+"""The KGE epoch loop: batches, CSD teacher refreshes, one jitted epoch each, metrics,
+validation and checkpoints.
+
+An epoch visits a permutation of the training triples drawn from (seed, epoch), dropping
+the last partial batch (:func:`epoch_indices`), so a resumed run repeats an uninterrupted
+one exactly.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgraph.kge import step as kge_step
+from jaxinfra import checkpoints
+
+__all__ = ["epoch_indices", "train_epochs"]
+
+
+def epoch_indices(num_train: int, batch_size: int, seed: int, epoch: int):
+    """(S, B) indices of the training triples of (0-based) ``epoch``, S = N // B."""
+    steps = num_train // batch_size
+    perm = np.random.default_rng([int(seed), epoch]).permutation(num_train)
+    return perm[:steps * batch_size].reshape(steps, batch_size)
+
+
+def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, weights, *,
+                 key, seed: int, batch_size: int, start: int, end: int, epochs: int,
+                 mngr, meta: dict, log, validate: Callable | None = None,
+                 eval_every: int = 0, progress: bool = False):
+    """Trains epochs ``start`` .. ``end - 1`` (0-based) of a run of ``epochs``.
+
+    Args:
+      state, cfg, tx: the training state, static step settings and optimizer.
+      train: (N, 3) int training triples; weights: (N,) float32 example weights.
+      key: the base key of the steps' randomness.
+      seed: the run's seed (batch order).
+      batch_size: B.
+      start, end, epochs: the epochs to train, of a run of ``epochs``.
+      mngr, meta: checkpoint manager (:mod:`jaxinfra.checkpoints`) and the run's metadata;
+        every epoch is offered to the manager (its interval applies; the last one is
+        always saved) with ``meta`` plus ``epoch``.
+      log: a :class:`jaxinfra.metrics.MetricsLog` (``train/*`` per epoch).
+      validate: ``validate(kge_params) -> metrics``, logged as ``valid/*`` after every
+        ``eval_every`` epochs (not after the last one of the run).
+      progress: show a tqdm bar.
+
+    Returns:
+      ``(state, train_seconds)``.
+
+    Raises:
+      FloatingPointError: the loss became NaN or infinite.
+    """
+    from tqdm import tqdm
+
+    name = cfg.backbone.name
+    seconds = 0.0
+    with tqdm(total=end, initial=start, desc=name, unit="epoch", disable=not progress) as bar:
+        for epoch in range(start, end):
+            if kge_step.refresh_due(cfg.csd, epoch):
+                state = kge_step.refresh_teacher(state)
+            idx = epoch_indices(len(train), batch_size, seed, epoch)
+            t0 = time.perf_counter()
+            state, metrics = kge_step.train_epoch(
+                state, jnp.asarray(train[idx]), jnp.asarray(weights[idx]), key,
+                jnp.float32(kge_step.kd_weight(cfg.csd, epoch)), cfg=cfg, tx=tx)
+            metrics = jax.device_get(metrics)
+            dt = time.perf_counter() - t0
+            seconds += dt
+            row = {k: float(np.mean(v)) for k, v in metrics.items()}
+            row.update(triples_per_sec=idx.size / dt, epoch_seconds=dt)
+            log.write(epoch + 1, row, prefix="train")
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if not np.isfinite(row["loss"]):
+                raise FloatingPointError(f"loss became {row['loss']} at epoch {epoch + 1}")
+            if (validate is not None and eval_every and (epoch + 1) % eval_every == 0
+                    and epoch + 1 < epochs):
+                log.write(epoch + 1, validate(state.params["kge"]), prefix="valid")
+            checkpoints.save(mngr, epoch + 1, meta=dict(meta, epoch=epoch + 1),
+                             force=epoch + 1 == end, state=state)
+            bar.update(1)
+    return state, seconds
