@@ -38,7 +38,8 @@ import numpy as np
 from jaxinfra.finite import NonFiniteError
 
 __all__ = ["manager", "save", "read_meta", "read", "resume", "open_latest", "verify",
-           "latest_good", "NonFiniteError", "SettingsMismatchError", "differences"]
+           "latest_good", "NonFiniteError", "SettingsMismatchError", "differences", "settings",
+           "RUN_ONLY_FIELDS"]
 
 DEFAULT_SUBDIR = "checkpoints"
 INTEGRITY_FILE = "integrity.json"
@@ -238,6 +239,36 @@ def _flatten(tree, prefix=""):
             out.update(_flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1] or "settings": tree}
+
+
+#: Config fields that never change a run's results (how often it logs or saves, how it
+#: shows progress, whether it may be extended); :func:`settings` leaves them out.
+RUN_ONLY_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "progress",
+                   "extend", "eval_every", "verbose")
+
+
+def settings(config, *, ignore=()) -> dict:
+    """The settings of ``config`` that change results, as a JSON-able nested dict.
+
+    Args:
+      config: a ConfigDict (or dict).
+      ignore: dotted names (or name prefixes) to leave out, besides
+        :data:`RUN_ONLY_FIELDS` at any depth.
+    """
+    tree = _plain(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    drop = tuple(ignore)
+
+    def keep(path):
+        name = path.rsplit(".", 1)[-1]
+        return name not in RUN_ONLY_FIELDS and not any(
+            path == d or path.startswith(d + ".") for d in drop)
+
+    def walk(node, prefix):
+        if not isinstance(node, dict):
+            return node
+        return {k: walk(v, f"{prefix}{k}.") for k, v in node.items() if keep(prefix + k)}
+
+    return walk(tree, "")
 
 
 def differences(saved, asked) -> list:

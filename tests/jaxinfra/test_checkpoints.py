@@ -139,3 +139,29 @@ def test_settings_mismatch_lists_every_difference(tmp_path):
     msg = str(err.value)
     assert "seed: 0 -> 1" in msg and "optim.lr: 0.1 -> 0.2" in msg
     assert "new: '<absent>' -> [1, 2]" in msg and "b1" not in msg and "step 5" in msg
+
+
+def test_settings_leave_out_run_only_fields():
+    import ml_collections
+    c = ml_collections.ConfigDict({"seed": 1, "log_every": 5, "optim": {"lr": 0.1},
+                                   "sample": {"every": 3, "solver": "heun"},
+                                   "progress": True, "num_steps": 10})
+    assert checkpoints.settings(c, ignore=("sample",)) == {
+        "seed": 1, "optim": {"lr": 0.1}, "num_steps": 10}
+
+
+def test_a_longer_run_needs_extend_and_counters_continue(tmp_path):
+    mngr = checkpoints.manager(str(tmp_path))
+    checkpoints.save(mngr, 4, meta={"settings": {"num_steps": 4, "lr": 0.1}}, state=_tree())
+    longer = {"settings": {"num_steps": 8, "lr": 0.1}}
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"another length: settings.num_steps: 4 -> 8.*--config.extend=True"):
+        checkpoints.resume(mngr, _tree(), longer, extend_keys=("settings.num_steps",))
+    mngr = checkpoints.manager(str(tmp_path))
+    _, start = checkpoints.resume(mngr, _tree(), longer, extend_keys=("settings.num_steps",),
+                                  extend=True)
+    assert start == 4                                        # continues, never resets
+    other = {"settings": {"num_steps": 8, "lr": 0.2}}
+    with pytest.raises(checkpoints.SettingsMismatchError, match=r"settings.lr: 0.1 -> 0.2"):
+        checkpoints.resume(mngr, _tree(), other, extend_keys=("settings.num_steps",),
+                           extend=True)
