@@ -55,6 +55,7 @@ def get_config(arg=None):
     c.log_every = 50
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
+    c.extend = False                   # True: continue a finished run to a larger num_steps
     c.progress = True
     c.sample = ml_collections.ConfigDict({
         "every": 1000, "num_images": 64, "solver": "heun", "num_steps": 18})

@@ -39,7 +39,7 @@ from jax.flatten_util import ravel_pytree
 import jaxdiff
 from jaxdiff import schedules
 from jaxdiff.models import unet
-from jaxinfra import checkpoints
+from jaxinfra import checkpoints, finite
 from jaxinfra import datasets as data_lib
 from jaxinfra import images as images_lib
 from jaxinfra.metrics import MetricsLog
@@ -230,8 +230,22 @@ def load_data(config, split: str = "train"):
 
 
 def _model_meta(config) -> dict:
+    """What a checkpoint records: the model (to rebuild it), the data set, and every
+    setting that changes results (compared on resume)."""
     m = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config.model).items()}
-    return {"model": m, "dataset": config.dataset, "seed": int(config.seed)}
+    return {"model": m, "dataset": config.dataset, "seed": int(config.seed),
+            "settings": checkpoints.settings(config, ignore=("sample", "fid"))}
+
+
+def check_config(config) -> None:
+    """ValueError naming the first bad loop setting (before any data is loaded)."""
+    for name in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{name} must be an integer >= 1, got {value!r}")
+    if 0 < int(config.max_examples) < int(config.batch_size):
+        raise ValueError(f"config.batch_size={config.batch_size} is larger than the "
+                         f"{config.max_examples} training images (config.max_examples)")
 
 
 def _manager(workdir: str, config=None, read_only: bool = False):
@@ -342,6 +356,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     """
     from tqdm import tqdm
 
+    check_config(config)
     os.makedirs(workdir, exist_ok=True)
     images, labels = load_data(config)
     model = make_model(config)
@@ -352,7 +367,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     meta = _model_meta(config)
     params = unet.init(model, jax.random.fold_in(key, 1))
     state, start = checkpoints.resume(mngr, TrainState.create(params, tx), meta,
-                                      what="model", key=lambda m: m["model"], workdir=workdir)
+                                      what="model", key=lambda m: m["settings"],
+                                      workdir=workdir, extend_keys=("num_steps",),
+                                      extend=bool(config.get("extend", False)))
     # Same placement as TrainState.create: a resumed run reuses the compiled step.
     state = jax.device_put(state, _device())
     end = int(config.num_steps) if stop_at_step is None else min(int(stop_at_step),
@@ -362,6 +379,14 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
 
     last = {"step": start}
     acc, t_log, t0 = [], time.perf_counter(), time.perf_counter()
+    unchecked = []      # metrics of steps not yet checked for NaN/inf: (first step, rows)
+
+    def check_finite():
+        if unchecked:
+            finite.check_rows(unchecked[0][0], jax.device_get([m for _, m in unchecked]),
+                              what="EDM training")
+            unchecked.clear()
+
     with MetricsLog(workdir, start_step=start) as log, \
             tqdm(total=end, initial=start, desc="train", unit="step",
                  disable=not config.progress) as bar:
@@ -369,7 +394,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
             state, metrics = train_step(state, images_d, labels_d, data_key, model=model,
                                         tx=tx, cfg=cfg)
             acc.append(metrics)
+            unchecked.append((step, metrics))
             if step % config.log_every == 0 or step == end:
+                check_finite()
                 host = jax.device_get(acc)
                 now = time.perf_counter()
                 row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -379,6 +406,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 acc, t_log, last = [], now, row
             if step % config.checkpoint_every == 0 or step == end:
+                check_finite()
                 checkpoints.save(mngr, step, meta=dict(meta, step=step), state=state,
                                  ema_params=state.ema_params, force=step == end)
             if config.sample.every and (step % config.sample.every == 0 or step == end):

@@ -19,7 +19,7 @@ import optax
 from flax import struct
 
 from jaxdiff.models.noisy_classifier import NoisyClassifier, NoisyClassifierState
-from jaxinfra import checkpoints
+from jaxinfra import checkpoints, finite
 from jaxinfra.metrics import MetricsLog
 
 __all__ = ["NoiseConfig", "TrainState", "DEFAULTS", "SIGMA_DISTS", "sample_sigmas",
@@ -112,10 +112,13 @@ def _settings(cfg: Mapping | None, images, labels) -> dict:
     if not 0 < float(s["sigma_min"]) < float(s["sigma_max"]):
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {s['sigma_min']}, "
                          f"{s['sigma_max']}")
-    for k in ("num_steps", "batch_size", "num_classes", "width", "features", "emb_channels"):
+    for k in ("num_steps", "batch_size", "num_classes", "width", "features", "emb_channels",
+              "log_every", "checkpoint_every"):
         if int(s[k]) != s[k] or int(s[k]) < 1:
             raise ValueError(f"{k} must be an integer >= 1, got {s[k]!r}")
     images = np.asarray(images)
+    if images.ndim == 4 and images.shape[0] == 0:
+        raise ValueError("images is empty (0 training images)")
     if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"images must be a float array (N, H, W, C), got {images.dtype} "
                          f"{images.shape}")
@@ -149,9 +152,6 @@ def _noise(s: dict) -> NoiseConfig:
 @functools.lru_cache(maxsize=8)
 def _adam(lr: float):
     return optax.adam(lr)
-
-
-_NOT_SAVED = ("log_every", "checkpoint_every", "progress")  # do not change the result
 
 
 def _init_state(model, s, tx):
@@ -191,12 +191,10 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
     state = _init_state(model, s, tx)
     start, mngr = 0, None
     if workdir is not None:
-        mngr = checkpoints.manager(workdir, save_every=int(s["checkpoint_every"]),
-                                         keep=2)
+        mngr = checkpoints.manager(workdir, save_every=int(s["checkpoint_every"]), keep=2)
         state, start = checkpoints.resume(
-            mngr, state, {"settings": s}, what="noisy classifier (other settings)",
-            key=lambda m: {k: v for k, v in m["settings"].items() if k not in _NOT_SAVED},
-            workdir=workdir)
+            mngr, state, {"settings": s}, what="noisy classifier",
+            key=lambda m: checkpoints.settings(m["settings"]), workdir=workdir)
     end = int(s["num_steps"]) if stop_at_step is None else min(int(stop_at_step),
                                                                int(s["num_steps"]))
     images_d = jnp.asarray(images, jnp.float32)
@@ -213,6 +211,11 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
                 state, m = train_step(state, images_d, labels_d, key, model=model, tx=tx,
                                       noise=noise, batch_size=int(s["batch_size"]))
                 acc.append(m)
+                due_save = mngr is not None and (step % int(s["checkpoint_every"]) == 0
+                                                 or step == end)
+                if step % int(s["log_every"]) == 0 or step == end or due_save:
+                    finite.check_rows(step - len(acc) + 1, jax.device_get(acc),
+                                      what="noisy-classifier training")
                 if step % int(s["log_every"]) == 0 or step == end:
                     host = jax.device_get(acc)
                     row = {k: float(np.mean([r[k] for r in host])) for k in host[0]}
@@ -221,8 +224,7 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
                         log.write(step, row, prefix="noisy_classifier")
                     bar.set_postfix(loss=f"{row['loss']:.3f}")
                     acc = []
-                if mngr is not None and (step % int(s["checkpoint_every"]) == 0
-                                         or step == end):
+                if due_save:
                     checkpoints.save(mngr, step, meta={"settings": s, "step": step},
                                      state=state, force=step == end)
                 bar.update(1)

@@ -83,7 +83,7 @@ def test_outputs_and_load_checkpoint(straight):
     other = edm_digits.get_config("tiny")
     other.model.base_channels = 16
     with pytest.raises(ValueError, match="model checkpoint .step 4. with other settings: "
-                                         "base_channels: 8 -> 16"):
+                                         "model.base_channels: 8 -> 16"):
         train.train_and_evaluate(other, workdir)
 
 
@@ -120,3 +120,87 @@ def test_bad_input(tmp_path):
         train.make_optimizer(cfg)
     with pytest.raises(FileNotFoundError, match="no EDM model checkpoints"):
         train.load_checkpoint(str(tmp_path / "empty"))
+
+
+# ------------------------------------------------------------------ faults (runs never lose work)
+def _largest_file(step_dir):
+    files = [p for p in step_dir.rglob("*") if p.is_file() and p.name != "integrity.json"]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def test_corrupt_checkpoint_falls_back_and_ends_like_an_uninterrupted_run(straight, tmp_path):
+    cfg, workdir, _ = straight
+    work = tmp_path / "w"
+    train.train_and_evaluate(cfg, str(work))                      # steps 2 and 4 saved
+    big = _largest_file(work / "checkpoints" / "4")
+    data = bytearray(big.read_bytes())
+    data[len(data) // 2] ^= 0x01                                  # one bit flipped
+    big.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match=r"step 4 .* is corrupt .*using step 2"):
+        result = train.train_and_evaluate(cfg, str(work))        # redoes steps 3, 4
+    assert result["step"] == 4
+    _, a = _restore_state(workdir)
+    _, b = _restore_state(str(work))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    assert (work / "checkpoints" / "corrupt" / "4").is_dir()
+    assert sorted(int(p.name) for p in (work / "checkpoints").iterdir()
+                  if p.name.isdigit()) == [2, 4]
+
+
+def test_nan_learning_rate_stops_and_saves_nothing(tmp_path):
+    cfg = edm_digits.get_config("tiny")
+    cfg.optim.lr = float("nan")
+    with pytest.raises(FloatingPointError,
+                       match="EDM training stopped at step 1: l2_params is nan"):
+        train.train_and_evaluate(cfg, str(tmp_path))
+    saved = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved == []
+
+
+def test_resume_refuses_other_settings_and_extends_only_when_asked(straight, tmp_path):
+    cfg, workdir, _ = straight
+    work = str(tmp_path / "w")
+    train.train_and_evaluate(cfg, work)
+    for field, value, shown in (("seed", 1, "seed: 0 -> 1"),
+                                ("batch_size", 8, "batch_size: 16 -> 8")):
+        other = edm_digits.get_config("tiny")
+        other[field] = value
+        with pytest.raises(ValueError, match=f"with other settings: {shown}"):
+            train.train_and_evaluate(other, work)
+    other = edm_digits.get_config("tiny")
+    other.optim.lr = 1e-3
+    with pytest.raises(ValueError, match=r"optim.lr: 0.002 -> 0.001"):
+        train.train_and_evaluate(other, work)
+    longer = edm_digits.get_config("tiny")
+    longer.num_steps = 6
+    with pytest.raises(ValueError, match=r"another length: num_steps: 4 -> 6.*extend=True"):
+        train.train_and_evaluate(longer, work)
+    longer.extend = True
+    result = train.train_and_evaluate(longer, work)
+    assert result["step"] == 6
+    rows = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [2, 4, 6]                 # the counter continued
+
+
+@pytest.mark.parametrize("field,value", [("checkpoint_every", 0), ("batch_size", 0),
+                                         ("log_every", -1), ("num_steps", 0)])
+def test_loop_settings_are_checked_first(tmp_path, field, value):
+    cfg = edm_digits.get_config("tiny")
+    cfg[field] = value
+    with pytest.raises(ValueError, match=f"config.{field} must be an integer >= 1, got "
+                                         f"{value}"):
+        train.train_and_evaluate(cfg, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_cli_user_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxdiff.train", "--config=configs/edm_digits.py:tiny",
+         f"--workdir={tmp_path}", "--config.optim.lr=nan"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: EDM training stopped at step 1: l2_params is nan" in proc.stderr
+    assert "Traceback" not in proc.stderr
