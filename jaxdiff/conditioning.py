@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxdiff import callables, schedules
 from jaxdiff import solvers as solvers_lib
-from jaxdiff.sampling import integrate, sample, validate_sigmas
+from jaxdiff.sampling import cast_sigmas, integrate, sample, validate_sigmas
 from jaxdiff.solvers.base import model_evaluator
 
 __all__ = ["inpaint", "invert", "reconstruct", "sdedit", "SINGLE_STEP_SOLVERS"]
@@ -81,6 +81,19 @@ def _with_denoiser(run, denoise_fn, *arrays, **static):
     """Calls the jitted ``run`` with the denoiser split into static part + traced leaves."""
     fn_def, fn_leaves = callables.split(denoise_fn)
     return run(fn_leaves, *arrays, fn_def=fn_def, **static)
+
+
+def _check_mask(mask) -> None:
+    """ValueError unless a concrete mask lies in [0, 1] (1: known, 0: to generate)."""
+    if isinstance(mask, jax.core.Tracer):
+        return
+    m = np.atleast_1d(np.asarray(mask, np.float64))
+    bad = ~np.isfinite(m) | (m < 0) | (m > 1)
+    if bad.any():
+        value = m[bad].flat[0]
+        raise ValueError(f"mask values must lie in [0, 1] (1: known, 0: to generate); got "
+                         f"{value} at {np.argwhere(bad)[0].tolist()} "
+                         f"({int(bad.sum())} bad entries)")
 
 
 # ------------------------------------------------------------------ inpainting
@@ -161,9 +174,10 @@ def inpaint(denoise_fn: Callable, x_T, sigmas, known, mask, *, key, solver: str 
         raise ValueError(f"resample must be an integer >= 0, got {resample!r}")
     x_T = _as_x("x_T", x_T)
     known = _broadcastable("known", known, x_T.shape).astype(x_T.dtype)
+    _check_mask(mask)
     mask = _broadcastable("mask", mask, x_T.shape).astype(x_T.dtype)
     _check_denoiser(denoise_fn, x_T)
-    return _with_denoiser(_inpaint_jit, denoise_fn, x_T, jnp.asarray(sigmas, x_T.dtype),
+    return _with_denoiser(_inpaint_jit, denoise_fn, x_T, cast_sigmas(sigmas, x_T.dtype),
                           known, mask, key, solver=solver,
                           options=tuple(sorted(options.items())), resample=int(resample))
 

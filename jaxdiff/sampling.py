@@ -37,12 +37,15 @@ class Trajectory(NamedTuple):
     sigmas: Any
 
 
-def validate_sigmas(sigmas, *, name: str = "sigmas", increasing: bool = False) -> None:
+def validate_sigmas(sigmas, *, name: str = "sigmas", increasing: bool = False,
+                    context: str = "") -> None:
     """ValueError unless sigmas is 1-D, length >= 2, finite, positive and strictly
     decreasing (strictly increasing with ``increasing=True``, for ODE inversion).
 
-    Value checks run only on concrete arrays (inside a trace only the shape is checked).
+    Value checks run only on concrete arrays (inside a trace only the shape is checked),
+    on the values as they are in the array's dtype. ``context`` is appended to errors.
     """
+    note = f" ({context})" if context else ""
     if jnp.ndim(sigmas) != 1 or jnp.shape(sigmas)[0] < 2:
         raise ValueError(f"{name} must be a 1-D array of length >= 2, got shape "
                          f"{jnp.shape(sigmas)}")
@@ -51,14 +54,53 @@ def validate_sigmas(sigmas, *, name: str = "sigmas", increasing: bool = False) -
     s = np.asarray(sigmas, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(s) | (s <= 0))
     if bad.size:
-        raise ValueError(f"{name} must be finite and positive; {name}[{bad[0]}] = {s[bad[0]]}")
+        raise ValueError(f"{name} must be finite and positive; {name}[{bad[0]}] = "
+                         f"{s[bad[0]]}{note}")
     diff = np.diff(s)
     wrong = np.flatnonzero(diff <= 0 if increasing else diff >= 0)
     if wrong.size:
         i = wrong[0]
         order, cmp = ("increasing", ">=") if increasing else ("decreasing", "<=")
         raise ValueError(f"{name} must be strictly {order}; {name}[{i}] = {s[i]} {cmp} "
-                         f"{name}[{i + 1}] = {s[i + 1]}")
+                         f"{name}[{i + 1}] = {s[i + 1]}{note}")
+
+
+def cast_sigmas(sigmas, dtype, *, increasing: bool = False):
+    """``sigmas`` in the state's ``dtype``, validated after the cast.
+
+    Half precision merges close noise levels (in bfloat16, 80, 79.9 and 79.8 are all 80):
+    such a schedule is an error naming the dtype instead of NaN samples.
+    """
+    cast = jnp.asarray(sigmas, dtype)
+    if cast.dtype != jnp.asarray(sigmas).dtype:
+        validate_sigmas(cast, increasing=increasing,
+                        context=f"after the cast to {cast.dtype}, the dtype of x: use a "
+                                "float32 state or noise levels further apart")
+    return cast
+
+
+def _check_coefficients_fit(solver: ODESolver, sigmas, name: str) -> None:
+    """For half-precision states: ValueError when the solver's coefficients for these
+    sigmas overflow the dtype (multistep weights grow with uneven step sizes)."""
+    if isinstance(sigmas, jax.core.Tracer) or jnp.finfo(sigmas.dtype).bits > 16:
+        return
+    work = solver.prepare(np.asarray(sigmas, np.float32))
+    biggest = max((float(np.max(np.abs(np.asarray(c)))) for c in jax.tree.leaves(work)
+                   if np.size(c)), default=0.0)
+    if not np.isfinite(biggest) or biggest > float(jnp.finfo(sigmas.dtype).max):
+        raise ValueError(f"{name}'s coefficients for these sigmas reach {biggest:.3g}, beyond "
+                         f"{sigmas.dtype}'s range ({float(jnp.finfo(sigmas.dtype).max):.3g}): "
+                         "use a float32 state or a smoother schedule")
+
+
+def _prepare(solver: ODESolver, sigmas):
+    """The solver's coefficients computed in at least float32 (half precision loses them,
+    and LAPACK has no bfloat16), then cast to the state's dtype."""
+    work = jnp.promote_types(sigmas.dtype, jnp.float32)
+    coeffs = solver.prepare(sigmas.astype(work))
+    return jax.tree.map(
+        lambda c: c.astype(sigmas.dtype) if jnp.issubdtype(c.dtype, jnp.floating) else c,
+        coeffs)
 
 
 def _segments(num_steps: int, solver: ODESolver, afs: bool):
@@ -85,7 +127,7 @@ def _run(denoise_fn, x, sigmas, solver: ODESolver, afs: bool, denoise_to_zero: b
         return denoise_fn(x_, sigma_b).astype(x_.dtype)
 
     evaluate = model_evaluator(model)
-    coeffs = solver.prepare(sigmas)
+    coeffs = _prepare(solver, sigmas)
     state = solver.init(afs_evaluator if afs and solver.afs_in_init else evaluate, model, x,
                         sigmas[0])
 
@@ -137,9 +179,11 @@ def integrate(denoise_fn: Callable, x, sigmas, *, solver: str, **options):
     """
     _check_solver(solver, tuple(sorted(options.items())))
     fn_def, fn_leaves = callables.split(denoise_fn)
-    x_final, _, _ = _run_jit(x, jnp.asarray(sigmas, x.dtype), fn_leaves, fn_def=fn_def,
-                             solver=solver, options=tuple(sorted(options.items())),
-                             afs=False, denoise_to_zero=False, return_trajectory=False)
+    up = not isinstance(sigmas, jax.core.Tracer) and float(sigmas[0]) < float(sigmas[-1])
+    x_final, _, _ = _run_jit(x, cast_sigmas(sigmas, x.dtype, increasing=up), fn_leaves,
+                             fn_def=fn_def, solver=solver,
+                             options=tuple(sorted(options.items())), afs=False,
+                             denoise_to_zero=False, return_trajectory=False)
     return x_final
 
 
@@ -191,7 +235,8 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
                          f"{x.shape}")
     fn_def, fn_leaves = callables.split(denoise_fn)
     _check_denoiser_shape(denoise_fn, x, fn_def, fn_leaves)
-    sigmas = jnp.asarray(sigmas, x.dtype)
+    sigmas = cast_sigmas(sigmas, x.dtype)
+    _check_coefficients_fit(solvers_lib.get(solver, **dict(options_key)), sigmas, solver)
     x_final, finite, traj = _run_jit(
         x, sigmas, fn_leaves, fn_def=fn_def, solver=solver, options=options_key,
         afs=bool(afs), denoise_to_zero=bool(denoise_to_zero),
@@ -237,7 +282,7 @@ def _sample_amed(denoise_fn, x, sigmas, solver, predictor, feature_fn, return_tr
                          f"{sorted(options)}")
     amed_lib.check_compatible(predictor, solver, int(jnp.shape(sigmas)[0]))
     x = jnp.asarray(x)
-    sigmas = jnp.asarray(sigmas, x.dtype)
+    sigmas = cast_sigmas(sigmas, x.dtype)
     out, traj = amed_lib.sample(denoise_fn, x, sigmas, predictor, feature_fn=feature_fn,
                                 return_trajectory=return_trajectory)
     if return_trajectory:

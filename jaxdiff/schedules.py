@@ -78,4 +78,10 @@ def get(name: str, num_steps: int, sigma_min: float = 0.002, sigma_max: float = 
     if not 0 < sigma_min < sigma_max:
         raise ValueError(
             f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    rho = kw.get("rho")
+    if rho is not None and not (math.isfinite(float(rho)) and float(rho) > 0):
+        raise ValueError(f"rho must be a finite number > 0, got {rho!r}")
+    eps = kw.get("eps")
+    if eps is not None and not 0 < float(eps) < 1:
+        raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
     return SCHEDULES[name](int(num_steps), sigma_min, sigma_max, **kw)

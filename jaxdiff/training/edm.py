@@ -276,6 +276,11 @@ def load_checkpoint(workdir: str, step: int | None = None):
         workdir, what="EDM model", step=step,
         hint=f"train first with python -m jaxdiff.train --config=... --workdir={workdir}")
     meta = checkpoints.read_meta(mngr, step)
+    if not {"model", "dataset", "settings"} <= set(meta) or "channel_mults" not in meta["model"]:
+        mngr.close()
+        raise ValueError(f"{workdir!r} holds checkpoints of another job, not an EDM model "
+                         f"(saved fields: {sorted(meta)}); pass the --workdir of python -m "
+                         "jaxdiff.train")
     m = dict(meta["model"])
     m["channel_mults"] = tuple(m["channel_mults"])
     model = unet.UNet(**m)

@@ -248,7 +248,12 @@ def load(workdir: str) -> NoisyClassifierState:
     mngr, step = checkpoints.open_latest(
         workdir, what="noisy-classifier",
         hint="train one with jaxdiff.training.noisy_classifier.train(..., workdir=...)")
-    s = checkpoints.read_meta(mngr, step)["settings"]
+    meta = checkpoints.read_meta(mngr, step)
+    if "data_crc32" not in meta.get("settings", {}):
+        mngr.close()
+        raise ValueError(f"{workdir!r} holds checkpoints of another job, not a noisy "
+                         f"classifier (saved fields: {sorted(meta)})")
+    s = meta["settings"]
     model = _model(s)
     target = jax.eval_shape(lambda: _init_state(model, s, _adam(float(s["lr"]))))
     state = checkpoints.read(mngr, step, state=target)["state"]

@@ -85,6 +85,11 @@ def test_inpaint_bad_inputs(denoise, data, setup):
         conditioning.inpaint(denoise, x_T, sigmas, data, jnp.ones(DIM), key=key, resample=-1)
     with pytest.raises(ValueError, match="strictly decreasing"):
         conditioning.inpaint(denoise, x_T, sigmas[::-1], data, jnp.ones(DIM), key=key)
+    for bad, shown in ((2.0, "2.0"), (-0.5, "-0.5"), (jnp.nan, "nan")):
+        mask = jnp.ones(DIM).at[1].set(bad)
+        with pytest.raises(ValueError, match=rf"mask values must lie in \[0, 1\].*got "
+                                             rf"{shown} at \[1\]"):
+            conditioning.inpaint(denoise, x_T, sigmas, data, mask, key=key)
 
 
 @pytest.mark.parametrize("solver, steps, tol", [("euler", 200, 0.1), ("heun", 100, 2e-4)])

@@ -193,3 +193,29 @@ def test_steps_for_nfe():
     assert jaxdiff.steps_for_nfe("heun", 1) == (2, True)
     with pytest.raises(ValueError, match="cannot make exactly 0"):
         jaxdiff.steps_for_nfe("heun", 0)
+
+
+# ------------------------------------------------------------------ half precision
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_bfloat16_state_follows_float32_and_merged_sigmas_are_an_error(solver):
+    """Coefficients are computed in float32 (UniPC's solve has no bfloat16 LAPACK) and
+    the schedule is validated after the cast that would merge 80, 79.9 and 79.8."""
+    den = lambda x, s: x / (1.0 + s[:, None] ** 2)
+    x = 80.0 * jnp.ones((2, 3), jnp.bfloat16)
+    sigmas = jaxdiff.schedules.get("polynomial", 6)
+    out = jaxdiff.sample(den, x, sigmas, solver=solver)
+    ref = jaxdiff.sample(den, x.astype(jnp.float32), sigmas, solver=solver)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=0.1)
+    with pytest.raises(ValueError, match=r"sigmas\[0\] = 80.0 <= sigmas\[1\] = 80.0 .after "
+                                         r"the cast to bfloat16"):
+        jaxdiff.sample(den, x, jnp.array([80.0, 79.9, 79.8, 1.0]), solver=solver)
+
+
+@pytest.mark.parametrize("solver", ["deis", "ipndm_v"])
+def test_float16_coefficient_overflow_is_an_error(solver):
+    den = lambda x, s: x / (1.0 + s[:, None] ** 2)
+    x = 80.0 * jnp.ones((2, 3), jnp.float16)
+    with pytest.raises(ValueError, match=rf"{solver}'s coefficients .* beyond float16's "
+                                         r"range"):
+        jaxdiff.sample(den, x, jnp.array([80.0, 79.9, 79.8, 1.0]), solver=solver)

@@ -48,3 +48,8 @@ def test_bad_input():
         schedules.get("polynomial", 1)
     with pytest.raises(ValueError, match="sigma_min"):
         schedules.get("polynomial", 6, sigma_min=90.0)
+    for rho in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=f"rho must be a finite number > 0, got {rho}"):
+            schedules.get("polynomial", 6, rho=rho)
+    with pytest.raises(ValueError, match="eps must lie in"):
+        schedules.get("time_uniform", 6, eps=0.0)

@@ -204,3 +204,12 @@ def test_cli_user_errors_are_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "error: EDM training stopped at step 1: l2_params is nan" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_workdir_of_another_job_is_named(tmp_path):
+    from jaxinfra import checkpoints as ck
+    mngr = ck.manager(str(tmp_path))
+    ck.save(mngr, 1, meta={"settings": {"method": "kd"}, "epoch": 1}, state={"w": np.ones(2)})
+    mngr.close()
+    with pytest.raises(ValueError, match="holds checkpoints of another job, not an EDM model"):
+        train.load_checkpoint(str(tmp_path))
