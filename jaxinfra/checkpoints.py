@@ -201,21 +201,39 @@ def read(mngr, step: int, **templates) -> dict:
     Args:
       templates: ``name=tree`` with the structure, shapes, dtypes (and shardings) to
         restore into: arrays, ``jax.ShapeDtypeStruct`` s or ``jax.eval_shape`` output.
-        ``None`` restores the item as saved (numpy arrays on the default device).
+        ``None`` restores the item with its saved shapes and dtypes on this process's
+        first device (also when it was written sharded over other devices).
 
     Returns:
       ``{name: restored tree}``.
     """
     import orbax.checkpoint as ocp
 
-    def target(tree):
-        if tree is None:
-            return ocp.args.StandardRestore()
+    def target(name, tree):
+        if tree is None:          # as saved, on this process's first device
+            tree = _saved_shapes(os.path.join(_step_dir(mngr, step), name))
         return ocp.args.StandardRestore(jax.tree.map(_abstract, tree))
 
     restored = mngr.restore(int(step), args=ocp.args.Composite(
-        **{name: target(tree) for name, tree in templates.items()}))
+        **{name: target(name, tree) for name, tree in templates.items()}))
     return {name: restored[name] for name in templates}
+
+
+def _saved_shapes(item_dir: str):
+    """The ShapeDtypeStruct tree of a saved item (from its metadata, no array read)."""
+    import absl.logging
+    import orbax.checkpoint as ocp
+    level = absl.logging.get_verbosity()
+    absl.logging.set_verbosity(absl.logging.ERROR)     # "no _CHECKPOINT_METADATA" noise
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            md = ckpt.metadata(item_dir)
+    finally:
+        absl.logging.set_verbosity(level)
+    md = getattr(md, "item_metadata", md)
+    md = getattr(md, "tree", md)
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), md,
+                        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
 
 
 def _abstract(leaf):

@@ -165,3 +165,25 @@ def test_a_longer_run_needs_extend_and_counters_continue(tmp_path):
     with pytest.raises(checkpoints.SettingsMismatchError, match=r"settings.lr: 0.1 -> 0.2"):
         checkpoints.resume(mngr, _tree(), other, extend_keys=("settings.num_steps",),
                            extend=True)
+
+
+def test_read_as_saved_works_on_another_device_count(tmp_path):
+    """A state saved sharded over 4 devices is read back (template None) by a process
+    with one device."""
+    import os
+    import subprocess
+    import sys
+
+    from jaxinfra import mesh
+    mngr = checkpoints.manager(str(tmp_path))
+    w = jax.device_put(jnp.arange(8.0), mesh.sharded(mesh.mesh_1d("data")))
+    checkpoints.save(mngr, 1, meta={}, state={"w": w, "s": jnp.asarray(3)})
+    mngr.close()
+    code = ("from jaxinfra import checkpoints\n"
+            f"mngr, step = checkpoints.open_latest({str(tmp_path)!r}, what='t', hint='')\n"
+            "st = checkpoints.read(mngr, step, state=None)['state']\n"
+            "import jax; print(jax.device_count(), st['w'].tolist(), int(st['s']))\n")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.stdout.strip() == "1 [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0] 3", out.stderr
