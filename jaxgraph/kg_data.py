@@ -16,7 +16,26 @@ Formats accepted in a user data directory ``data_dir``:
     in them is an error naming the file and line.
 
 Each text line is ``head<TAB>relation<TAB>tail`` (``\\r\\n`` endings are accepted; the
-FB15k-237 members use them).
+FB15k-237 members use them). Files must be UTF-8; a byte-order mark (BOM) is dropped. What
+is refused, with a ValueError naming the file (and line where there is one): text in
+another encoding (Latin-1, UTF-16), binary data, a line without three fields, an empty
+split, a name missing from the id dictionaries.
+
+Entities or relations of valid / test that do not occur in train (``unseen``):
+
+  ``keep``    (default) keep those triples; they need ids, so ``vocabulary="all"``
+              (with ``vocabulary="train"`` they are an error naming file and line);
+  ``filter``  drop them with a warning giving the count per split (PyKEEN's behaviour);
+  ``error``   refuse them, naming the first one (file, line, name) and the counts.
+
+``vocabulary`` only decides which splits give ids: with ``all`` + ``filter`` an entity
+seen only in a dropped triple keeps its id (the tables are as large as with ``keep``, so
+runs compare; it is still a ranking candidate); with ``train`` + ``filter`` the ids are
+the train names only (PyKEEN's setting).
+
+The ``.npz`` cache holds the parsed splits before ``unseen`` is applied; a cache that
+cannot be read (truncated, bit flip, wrong contents) is named in a warning and rebuilt
+from the text files.
 """
 from __future__ import annotations
 
@@ -25,12 +44,14 @@ import io
 import os
 import tarfile
 import urllib.request
+import warnings
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["KGData", "DATASETS", "load_kg", "parse_triples", "synthetic_kg",
-           "package_data_dir", "sha256", "cache_dir"]
+__all__ = ["KGData", "DATASETS", "UNSEEN", "VOCABULARIES", "load_kg", "parse_triples",
+           "decode_text", "synthetic_kg", "package_data_dir", "sha256", "cache_dir"]
 
 _CONVE_COMMIT = "f3c0eb286025410fa5b4c04696c918264163d0ca"
 
@@ -52,6 +73,9 @@ DATASETS = {
 _ALIASES = {"wn18rr": "wn18rr", "fb15k-237": "fb15k-237", "fb15k237": "fb15k-237",
             "fb237": "fb15k-237"}
 SPLITS = ("train", "valid", "test")
+VOCABULARIES = ("all", "train")
+UNSEEN = ("keep", "filter", "error")
+_CACHE_FORMAT = "v2"     # v2: BOM stripped, unseen names stored as -1 (vocabulary=train)
 
 
 class KGData(NamedTuple):
@@ -87,6 +111,15 @@ class KGData(NamedTuple):
         """The union (concatenation) of ``splits``, e.g. the filter set."""
         return np.concatenate([self.split(s) for s in splits], axis=0)
 
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the names and the triples: equal iff the data are equal."""
+        h = hashlib.sha256()
+        for names in (self.entities, self.relations):
+            h.update("\n".join(names).encode("utf-8") + b"\0")
+        for s in SPLITS:
+            h.update(np.ascontiguousarray(self.split(s), "<i4").tobytes() + b"\0")
+        return h.hexdigest()
+
 
 def package_data_dir() -> str:
     """The folder holding the bundled tarballs, licences and SHA256SUMS."""
@@ -107,8 +140,48 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _control_fraction(raw: bytes) -> float:
+    """Fraction of bytes that never occur in text (C0 controls other than tab, newlines,
+    form feed, and DEL)."""
+    if not raw:
+        return 0.0
+    bad = sum(raw.count(bytes([b])) for b in (*range(0, 9), *range(14, 32), 127))
+    return bad / len(raw)
+
+
+def decode_text(raw: bytes, source: str) -> str:
+    """The UTF-8 text of a data file, without a leading byte-order mark.
+
+    Raises:
+      ValueError: binary data (a NUL byte, control bytes, a gzip header), UTF-16 text, or
+        bytes that are not UTF-8 (e.g. Latin-1); the message names ``source``, the line
+        and the offending byte, and what to do.
+    """
+    head = raw[:8192]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError(f"{source}: UTF-16 text; save it as UTF-8 (e.g. iconv -f utf-16 "
+                         "-t utf-8)")
+    if head.startswith(b"\x1f\x8b"):
+        raise ValueError(f"{source}: gzip-compressed binary data, not a text file of "
+                         "head<TAB>relation<TAB>tail lines; decompress it first")
+    if b"\x00" in head or _control_fraction(head) > 0.05:
+        at = head.find(b"\x00")
+        where = f" (NUL byte at offset {at})" if at >= 0 else ""
+        raise ValueError(f"{source}: binary data{where}, not a UTF-8 text file of "
+                         "head<TAB>relation<TAB>tail lines")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{source}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at "
+                         f"offset {err.start}; Latin-1 or cp1252?); save it as UTF-8 (e.g. "
+                         "iconv -f latin1 -t utf-8)") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
 def parse_triples(text: str, source: str) -> list:
-    """Splits ``head<TAB>relation<TAB>tail`` lines; blank lines are skipped.
+    """Splits ``head<TAB>relation<TAB>tail`` lines; blank lines are skipped, and so is a
+    byte-order mark at the start of a line (files concatenated with theirs).
 
     Raises:
       ValueError: a line without exactly 3 non-empty tab-separated fields; the message
@@ -116,6 +189,7 @@ def parse_triples(text: str, source: str) -> list:
     """
     out = []
     for i, line in enumerate(text.splitlines(), start=1):
+        line = line.lstrip("\ufeff")
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -128,8 +202,10 @@ def parse_triples(text: str, source: str) -> list:
 
 def _read_dict(path: str) -> dict:
     names = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f.read().splitlines(), start=1):
+    with open(path, "rb") as f:
+        text = decode_text(f.read(), path)
+        for i, line in enumerate(text.splitlines(), start=1):
+            line = line.lstrip("\ufeff")
             if not line.strip():
                 continue
             fields = line.split("\t")
@@ -161,7 +237,8 @@ def _read_source(name: str, data_dir: str | None, download: bool):
                         member = None
                     if member is None:
                         raise ValueError(f"{tar}: no member {s}.txt")
-                    texts[s] = (member.read().decode("utf-8"), f"{tar}:{s}.txt")
+                    source = f"{tar}:{s}.txt"
+                    texts[s] = (decode_text(member.read(), source), source)
             return texts, None, sha256(tar)
         for folder in (os.path.join(d, archive[:-7]), os.path.join(d, name), d):
             if all(os.path.isfile(os.path.join(folder, f"{s}.txt")) for s in SPLITS):
@@ -171,7 +248,7 @@ def _read_source(name: str, data_dir: str | None, download: bool):
                     with open(p, "rb") as f:
                         raw = f.read()
                     h.update(raw)
-                    texts[s] = (raw.decode("utf-8"), p)
+                    texts[s] = (decode_text(raw, p), p)
                 dict_dir = folder if os.path.isfile(os.path.join(folder, "entities.dict")) \
                     else None
                 if dict_dir:
@@ -197,11 +274,17 @@ def _read_source(name: str, data_dir: str | None, download: bool):
 
 
 def _build(name, texts, dict_dir, vocabulary):
+    """Parses the splits and maps names to ids; a name outside the vocabulary
+    (``vocabulary="train"``) gets id -1 (:func:`_apply_unseen` decides about it)."""
     rows = {s: parse_triples(*texts[s]) for s in SPLITS}
+    for s in SPLITS:
+        if not rows[s]:
+            raise ValueError(f"{texts[s][1]}: no triples (the {s} split is empty); "
+                             "train.txt, valid.txt and test.txt each need at least one "
+                             "head<TAB>relation<TAB>tail line")
     if dict_dir is not None:
         ent = _read_dict(os.path.join(dict_dir, "entities.dict"))
         rel = _read_dict(os.path.join(dict_dir, "relations.dict"))
-        vocab_splits = ()
     else:
         vocab_splits = SPLITS if vocabulary == "all" else ("train",)
         ents = sorted({x for s in vocab_splits for h, _, t in rows[s] for x in (h, t)})
@@ -211,18 +294,16 @@ def _build(name, texts, dict_dir, vocabulary):
     arrays = {}
     for s in SPLITS:
         text, source = texts[s]
-        out = np.empty((len(rows[s]), 3), np.int32)
-        for i, (h, r, t) in enumerate(rows[s]):
-            try:
-                out[i] = (ent[h], rel[r], ent[t])
-            except KeyError:
-                kind, bad = next((k, x) for k, x, table in (
-                    ("entity", h, ent), ("relation", r, rel), ("entity", t, ent))
-                    if x not in table)
-                known = "the id dictionaries" if dict_dir else "the train split"
-                raise ValueError(f"{source}:{_line_of(text, i)}: unknown {kind} {bad!r} "
-                                 f"(not in {known}; use vocabulary='all' to build ids over "
-                                 "all splits)") from None
+        out = np.array([(ent.get(h, -1), rel.get(r, -1), ent.get(t, -1))
+                        for h, r, t in rows[s]], np.int32).reshape(-1, 3)
+        if dict_dir is not None and (out < 0).any():
+            i = int(np.flatnonzero((out < 0).any(axis=1))[0])
+            h, r, t = rows[s][i]
+            kind, bad = (("entity", h) if h not in ent else ("relation", r) if r not in rel
+                         else ("entity", t))
+            raise ValueError(f"{source}:{_line_of(text, i)}: unknown {kind} {bad!r} (not in "
+                             f"the id dictionaries entities.dict / relations.dict of "
+                             f"{dict_dir})")
         arrays[s] = out
     names_e = [None] * len(ent)
     for k, v in ent.items():
@@ -238,15 +319,112 @@ def _line_of(text: str, row: int) -> int:
     """1-based line number of the ``row``-th non-blank line."""
     n = -1
     for i, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
+        if line.lstrip("\ufeff").strip():
             n += 1
             if n == row:
                 return i
     return -1
 
 
+def _apply_unseen(data: KGData, texts: dict, unseen: str) -> KGData:
+    """Keeps, drops (with a warning) or refuses the valid / test triples whose entity or
+    relation does not occur in train (see the module doc)."""
+    ents = np.unique(data.train[:, [0, 2]])
+    rels = np.unique(data.train[:, 1])
+    bad = {s: ~(np.isin(data.split(s)[:, 0], ents) & np.isin(data.split(s)[:, 1], rels)
+                & np.isin(data.split(s)[:, 2], ents)) for s in ("valid", "test")}
+    if not any(b.any() for b in bad.values()):
+        return data
+    if unseen == "filter":
+        kept = {}
+        for s, b in bad.items():
+            source, n = texts[s][1], int(b.sum())
+            if n == len(b):
+                raise ValueError(f"{source}: all {n} {s} triples have an entity or relation "
+                                 "that does not occur in the train split; unseen='filter' "
+                                 "would leave the split empty")
+            if n:
+                warnings.warn(f"{source}: dropped {n} of {len(b)} {s} triples with an entity "
+                              "or relation that does not occur in the train split "
+                              "(unseen='filter')", UserWarning, stacklevel=3)
+            kept[s] = data.split(s)[~b]
+        return data._replace(**kept)
+    counts = ", ".join(f"{s}: {int(b.sum())} of {len(b)}" for s, b in bad.items())
+    for s in ("valid", "test"):
+        rows = bad[s] if unseen == "error" else (data.split(s) < 0).any(axis=1)
+        if not rows.any():
+            continue
+        i = int(np.flatnonzero(rows)[0])
+        text, source = texts[s]
+        line = _line_of(text, i)
+        h, r, t = (f.strip() for f in
+                   text.splitlines()[line - 1].lstrip("\ufeff").split("\t"))
+        hi, ri, _ = data.split(s)[i]
+        kind, name = (("entity", h) if hi not in ents else ("relation", r) if ri not in rels
+                      else ("entity", t))
+        if unseen == "keep":       # vocabulary="train": such a name has no id
+            raise ValueError(f"{source}:{line}: unknown {kind} {name!r} (not in the train "
+                             "split; use vocabulary='all' to build ids over all splits, or "
+                             "unseen='filter' to drop such triples)")
+        raise ValueError(f"{source}:{line}: {kind} {name!r} does not occur in the train "
+                         f"split (unseen='error'; triples with an unseen entity or relation: "
+                         f"{counts}); unseen='filter' drops them, unseen='keep' keeps them")
+    return data
+
+
+def _count_rows(text: str) -> int:
+    return sum(1 for line in text.splitlines() if line.lstrip("\ufeff").strip())
+
+
+def _read_cache(path: str, key: str, texts: dict) -> KGData | None:
+    """The cached data, or None (with a warning naming the file) when it is unreadable or
+    does not match the text files."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = KGData(key, tuple(str(x) for x in z["entities"].tolist()),
+                          tuple(str(x) for x in z["relations"].tolist()),
+                          *(np.asarray(z[s]) for s in SPLITS))
+        problem = None
+        for s in SPLITS:
+            a = data.split(s)
+            if a.ndim != 2 or a.shape[1:] != (3,) or a.dtype != np.int32:
+                problem = f"{s} has shape {a.shape} and dtype {a.dtype}, not (N, 3) int32"
+            elif len(a) != _count_rows(texts[s][0]):
+                problem = f"{s} has {len(a)} triples, {texts[s][1]} {_count_rows(texts[s][0])}"
+            elif a.size and (a.min() < (0 if s == "train" else -1)
+                             or a[:, [0, 2]].max() >= data.num_entities
+                             or a[:, 1].max() >= data.num_relations):
+                problem = f"{s} holds ids outside the vocabulary"
+            if problem:
+                break
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        problem = f"{type(err).__name__}: {first}"
+    if problem is None:
+        return data
+    warnings.warn(f"KG cache {path} is unreadable ({problem}); rebuilding it from "
+                  f"{', '.join(source for _, source in texts.values())}", RuntimeWarning,
+                  stacklevel=3)
+    return None
+
+
+def _write_cache(path: str, data: KGData) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, entities=np.array(data.entities), relations=np.array(data.relations),
+             train=data.train, valid=data.valid, test=data.test)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as err:
+        warnings.warn(f"could not write the KG cache {path} ({err}); the data are rebuilt "
+                      "from the text files next time", RuntimeWarning, stacklevel=3)
+
+
 def load_kg(name: str, *, data_dir: str | None = None, vocabulary: str = "all",
-            download: bool = False, use_cache: bool = True) -> KGData:
+            unseen: str = "keep", download: bool = False, use_cache: bool = True) -> KGData:
     """Loads a knowledge graph (built once, then read from the ``.npz`` cache).
 
     Args:
@@ -254,19 +432,25 @@ def load_kg(name: str, *, data_dir: str | None = None, vocabulary: str = "all",
       data_dir: a folder holding ``<Name>.tar.gz`` or the text files (see module doc);
         None: the bundled copies.
       vocabulary: ``all`` (ids over train + valid + test, sorted names: the data README's
-        convention) or ``train`` (an entity or relation seen only in valid/test is an
-        error naming the file and line).
+        convention) or ``train`` (ids over the train names only).
+      unseen: what happens to valid / test triples with an entity or relation that does
+        not occur in train: ``keep`` (they need ``vocabulary="all"``; with ``train`` they
+        are an error naming the file and line), ``filter`` (dropped, with a warning giving
+        the count per split) or ``error`` (see the module doc).
       download: fetch the ConvE tarball into :func:`cache_dir` when it is not found
         (needs a network; the SHA-256 is checked).
-      use_cache: read/write ``<cache_dir>/kg/<name>-<vocabulary>-<sha>.npz``.
+      use_cache: read/write ``<cache_dir>/kg/<name>-<vocabulary>-v2-<sha>.npz``.
 
     Raises:
-      ValueError: unknown ``vocabulary``, malformed files, counts that differ from the
-        published ones for the bundled data sets.
+      ValueError: unknown ``vocabulary`` or ``unseen``, files that are not UTF-8 text,
+        malformed lines, an empty split, unseen names (see ``unseen``), counts that differ
+        from the published ones for the bundled data sets.
       FileNotFoundError: the data set is not found (the message says how to get it).
     """
-    if vocabulary not in ("all", "train"):
-        raise ValueError(f"unknown vocabulary {vocabulary!r}; valid: all, train")
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"unknown vocabulary {vocabulary!r}; valid: {', '.join(VOCABULARIES)}")
+    if unseen not in UNSEEN:
+        raise ValueError(f"unknown unseen {unseen!r}; valid: {', '.join(UNSEEN)}")
     key = _ALIASES.get(name.strip().lower().replace("_", "-"), name)
     if key == "synthetic":
         return synthetic_kg()
@@ -274,22 +458,13 @@ def load_kg(name: str, *, data_dir: str | None = None, vocabulary: str = "all",
         raise ValueError(f"unknown knowledge graph {name!r}; bundled: "
                          f"{', '.join(DATASETS)}, synthetic (or pass data_dir=...)")
     texts, dict_dir, digest = _read_source(key, data_dir, download)
-    cache = os.path.join(cache_dir(), "kg", f"{key}-{vocabulary}-{digest[:16]}.npz")
-    if use_cache and os.path.isfile(cache):
-        z = np.load(cache, allow_pickle=False)
-        data = KGData(key, tuple(z["entities"].tolist()), tuple(z["relations"].tolist()),
-                      z["train"], z["valid"], z["test"])
-    else:
+    cache = os.path.join(cache_dir(), "kg",
+                         f"{key}-{vocabulary}-{_CACHE_FORMAT}-{digest[:16]}.npz")
+    data = _read_cache(cache, key, texts) if use_cache and os.path.isfile(cache) else None
+    if data is None:
         data = _build(key, texts, dict_dir, vocabulary)
         if use_cache:
-            os.makedirs(os.path.dirname(cache), exist_ok=True)
-            buf = io.BytesIO()
-            np.savez(buf, entities=np.array(data.entities), relations=np.array(
-                data.relations), train=data.train, valid=data.valid, test=data.test)
-            tmp = f"{cache}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(buf.getvalue())
-            os.replace(tmp, cache)
+            _write_cache(cache, data)
     spec = DATASETS.get(key)
     if spec is not None and data_dir is None and vocabulary == "all":
         got = (len(data.train), len(data.valid), len(data.test), data.num_entities,
@@ -297,7 +472,7 @@ def load_kg(name: str, *, data_dir: str | None = None, vocabulary: str = "all",
         if got != spec.counts:
             raise ValueError(f"{key}: counts (train, valid, test, entities, relations) = "
                              f"{got}, expected {spec.counts}")
-    return data
+    return _apply_unseen(data, texts, unseen)
 
 
 def synthetic_kg(num_entities: int = 40, num_relations: int = 4, *, seed: int = 0,

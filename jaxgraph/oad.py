@@ -34,6 +34,12 @@ student; reported per seed: each student's test accuracy at its best-validation 
 mean (``mean_student``), the test accuracy of the student with the best validation accuracy
 (``best_student``), and the reference code's "max over students" (``max_student_coded``:
 test max over students at the epoch where the max-over-students selection metric peaked).
+
+Runs are checked and resumed as :mod:`jaxgraph.train` describes: config values before
+any data are read (:func:`check_config`), the newest good checkpoint with the same settings
+(``--config.extend=True`` lets only ``okd_epochs`` differ: more OKD epochs after a finished
+run), and a NaN or inf metric of any seed stops training naming the epoch, the metric and
+the seed (``loss[seed=1]``) before anything non-finite is saved.
 """
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ import optax
 from flax import struct
 
 from jaxgraph import discriminators as discs
-from jaxgraph import gnn, graphs
+from jaxgraph import gnn, graphs, guards
 from jaxgraph.train import (
     NodeTask,
     Selection,
@@ -55,11 +61,12 @@ from jaxgraph.train import (
     masked_accuracy,
     masked_cross_entropy,
     run_epochs,
+    run_settings,
     task_from_config,
     update_selection,
 )
 
-__all__ = ["OADState", "OAD", "make_oad", "kd_loss", "run_oad", "summarize"]
+__all__ = ["OADState", "OAD", "make_oad", "kd_loss", "check_config", "run_oad", "summarize"]
 
 
 def kd_loss(student_logits, teacher_logits, mask, *, temperature: float,
@@ -139,9 +146,28 @@ def _check_config(config, num_classes):
     if config.gan_trade and len(set(dims)) > 1:
         raise ValueError(f"the discriminator ring needs equal hidden widths, got "
                          f"{dict(zip(config.students, dims))}")
-    if config.warmup_epochs < 0 or config.okd_epochs < 0:
-        raise ValueError("warmup_epochs and okd_epochs must be >= 0")
+    guards.int_at_least(config, "warmup_epochs", 0)
+    guards.int_at_least(config, "okd_epochs", 0)
     return models
+
+
+def check_config(config) -> None:
+    """ValueError naming the first bad loop or optimiser value and its accepted range
+    (before any data are read)."""
+    warmup = guards.int_at_least(config, "warmup_epochs", 0)
+    okd = guards.int_at_least(config, "okd_epochs", 0)
+    if warmup + okd < 1:
+        raise ValueError(f"config.warmup_epochs + config.okd_epochs must be >= 1 (the "
+                         f"epochs to train), got {warmup} + {okd}")
+    guards.int_at_least(config, "num_seeds", 1, what="seeds trained at once")
+    guards.int_at_least(config, "log_every", 1, what="epochs between logged metrics")
+    guards.int_at_least(config, "checkpoint_every", 1, what="epochs between checkpoints")
+    guards.positive(config, "optim.lr")
+    guards.positive(config, "disc.lr")
+    guards.positive(config, "kd.temperature")
+    wd = guards.get(config, "optim.weight_decay")
+    if not wd >= 0:
+        raise ValueError(f"config.optim.weight_decay must be a number >= 0, got {wd!r}")
 
 
 def make_oad(config, task: NodeTask) -> OAD:
@@ -262,6 +288,7 @@ def make_oad(config, task: NodeTask) -> OAD:
                              coded=coded)
         metrics = {"loss": loss, "ce": ce, "kd": kd, "gan": gan, "d_loss": d_loss,
                    "l2_grads": optax.tree.norm(grads), "okd": okd,
+                   "l2_params": optax.tree.norm((students, new_discs)),
                    "val_accuracy": acc["val"], "test_accuracy": acc["test"]}
         return new_state, metrics
 
@@ -302,22 +329,26 @@ def run_oad(config, workdir: str) -> dict:
     (means over seeds and students), checkpoints and ``workdir/result.json``."""
     import time
 
-    if config.num_seeds < 1:
-        raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
+    check_config(config)
     task = task_from_config(config)
     oad = make_oad(config, task)
     seeds = config.seed + np.arange(config.num_seeds)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+    # The defaults of architectures no student uses never change the results.
+    unused_models = tuple(f"models.{a}" for a in config.models if a not in config.students)
     t0 = time.time()
     state = run_epochs(
         jax.jit(jax.vmap(oad.step, in_axes=(0, None, 0)), donate_argnums=(0,)),
         jax.jit(jax.vmap(oad.init))(init_keys), task, train_keys, workdir=workdir,
         meta={"dataset": config.dataset, "students": list(config.students),
-              "seeds": [int(s) for s in seeds]},
+              "seeds": [int(s) for s in seeds],
+              "settings": run_settings(config, ignore=unused_models)},
         epochs=config.warmup_epochs + config.okd_epochs, log_every=config.log_every,
         checkpoint_every=config.checkpoint_every, log_metrics=_log_metrics,
-        desc=f"oad {config.dataset} {'/'.join(config.students)}", progress=config.progress)
+        desc=f"oad {config.dataset} {'/'.join(config.students)}", progress=config.progress,
+        what="GNN OAD", extend=bool(config.get("extend", False)), extend_keys=("okd_epochs",),
+        axes=("seed", "student"))
     result = {"dataset": config.dataset, "students": list(config.students),
               "seeds": [int(s) for s in seeds], "warmup_epochs": config.warmup_epochs,
               "okd_epochs": config.okd_epochs, "logitkd_trade": config.logitkd_trade,

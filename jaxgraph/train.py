@@ -9,6 +9,21 @@ checkpoints to ``workdir/checkpoints`` (resuming from the same workdir is exact:
 key is ``fold_in(key, epoch)`` and the selection state is checkpointed), the summary to
 ``workdir/result.json``.
 
+Never losing work, never accepting bad input silently (shared with :mod:`jaxgraph.oad`):
+
+- config values are checked before the data are read (:func:`check_config`): a bad one is
+  a ValueError naming the field, the value and the accepted range; an empty split is one
+  too (:func:`check_task`);
+- resuming uses the newest good checkpoint (a corrupt one is moved to
+  ``checkpoints/corrupt/<epoch>`` with a warning) and refuses one written with other
+  settings (every config field that changes results; all differences listed);
+  ``--config.extend=True`` lets only the run's length (``epochs``) differ, continuing a
+  finished run with its epoch counter going on;
+- a NaN or inf in an epoch's loss, parameter norm (``l2_params``) or any other metric stops
+  training with :class:`jaxinfra.finite.NonFiniteError` naming the epoch (one step per
+  epoch) and the metric; metrics are checked at every log and before every save, so a
+  non-finite state is never saved.
+
 Also the shared pieces of :mod:`jaxgraph.oad`: :class:`NodeTask` (padded graph + labels +
 split masks), :func:`load_task`, masked losses / accuracies, the optimiser, model
 selection and the resumable epoch loop :func:`run_epochs`.
@@ -24,14 +39,15 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxgraph import gnn, graphs
+from jaxgraph import gnn, graphs, guards
 from jaxgraph.planetoid import load_planetoid
 from jaxinfra import checkpoints
 from jaxinfra.metrics import MetricsLog
 
-__all__ = ["NodeTask", "load_task", "task_from_config", "masked_cross_entropy",
+__all__ = ["NodeTask", "load_task", "task_from_config", "check_task", "masked_cross_entropy",
            "masked_accuracy", "make_optimizer", "TrainState", "Selection", "make_train_step",
-           "make_eval_fn", "update_selection", "run_epochs", "train_and_evaluate"]
+           "make_eval_fn", "update_selection", "check_config", "run_settings", "run_epochs",
+           "train_and_evaluate"]
 
 
 class NodeTask(struct.PyTreeNode):
@@ -76,9 +92,21 @@ def load_task(dataset: str, *, data_dir: str | None = None, self_loops: bool = T
     g = jax.tree.map(lambda a: jnp.asarray(a, dtype) if np.issubdtype(np.asarray(a).dtype,
                                                                       np.floating)
                      else jnp.asarray(a), g)
-    return NodeTask(graph=g, labels=jnp.asarray(graphs.pad_nodes(d.labels, n_node)),
+    task = NodeTask(graph=g, labels=jnp.asarray(graphs.pad_nodes(d.labels, n_node)),
                     train_mask=jnp.asarray(masks[0]), val_mask=jnp.asarray(masks[1]),
                     test_mask=jnp.asarray(masks[2]), num_classes=d.num_classes)
+    check_task(task, dataset)
+    return task
+
+
+def check_task(task: NodeTask, name: str = "the task") -> None:
+    """ValueError when a split (train / val / test mask) holds no node: its loss or
+    accuracy would silently be 0."""
+    for split in ("train", "val", "test"):
+        n = float(jnp.sum(getattr(task, f"{split}_mask")))
+        if not n > 0:
+            raise ValueError(f"{name}: the {split} split is empty ({split}_mask selects no "
+                             "node); every split needs at least one node")
 
 
 def task_from_config(config) -> NodeTask:
@@ -187,7 +215,8 @@ def make_train_step(model, tx):
         ev = eval_fn(params, task)
         sel = update_selection(state.selection, ev["val_accuracy"], ev["test_accuracy"],
                                state.step)
-        metrics = dict(loss=loss, l2_grads=optax.tree.norm(grads), **ev)
+        metrics = dict(loss=loss, l2_grads=optax.tree.norm(grads),
+                       l2_params=optax.tree.norm(params), **ev)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                           selection=sel), metrics
 
@@ -207,36 +236,79 @@ def init_state(model, tx, task: NodeTask, key) -> TrainState:
                       opt_state=tx.init(params), selection=Selection.create())
 
 
+def _resume_key(meta: dict) -> dict:
+    """The settings a checkpoint was written with (a checkpoint from before settings were
+    recorded differs in every field)."""
+    return meta.get("settings") or {}
+
+
 def run_epochs(step, state, task: NodeTask, key, *, workdir: str, meta: dict, epochs: int,
                log_every: int, checkpoint_every: int, log_metrics, desc: str = "",
-               progress: bool = False):
+               progress: bool = False, what: str = "GNN", extend: bool = False,
+               extend_keys=("epochs",), axes=()):
     """The epoch loop of :func:`train_and_evaluate` and :func:`jaxgraph.oad.run_oad`.
 
-    Resumes from ``workdir/checkpoints`` (keeps 2; a checkpoint whose ``meta`` differs,
-    another data set or model, is an error), then runs ``state, metrics = step(state,
-    task, key)`` once per remaining epoch. Every ``log_every`` epochs and at the last,
-    ``log_metrics(log, epoch, metrics)`` writes the host ``metrics`` to the run's
+    Resumes from the newest good checkpoint of ``workdir/checkpoints`` (keeps 2; corrupt
+    ones are moved aside with a warning; one whose ``meta["settings"]`` differs is refused,
+    listing the differences), then runs ``state, metrics = step(state, task, key)`` once
+    per remaining epoch. Every ``log_every`` epochs and at the last, ``log_metrics(log,
+    epoch, metrics)`` writes the host ``metrics`` to the run's
     :class:`jaxinfra.metrics.MetricsLog` and returns the progress bar's postfix (a dict
-    of strings); the state is saved every ``checkpoint_every`` epochs and at the last.
+    of strings); the state is saved every ``checkpoint_every`` epochs and at the last,
+    with ``meta`` plus ``epoch``.
+
+    Args:
+      what: the run, in messages ("GNN", "OAD").
+      extend, extend_keys: settings (dotted names) that may differ from the checkpoint's
+        with ``extend=True``: the run's length.
+      axes: names of the metrics' leading axes (``("seed", "student")`` for OAD), used to
+        name the seed of a non-finite value.
+
+    Raises:
+      jaxinfra.finite.NonFiniteError: a metric of some epoch holds NaN or inf (checked at
+        every log and before every save; the message names the first such epoch and
+        metric). Nothing from that epoch on is saved.
+      jaxinfra.checkpoints.SettingsMismatchError: the checkpoint has other settings.
 
     Returns:
       The final state.
     """
     from tqdm import tqdm
 
+    check_task(task, desc or what)
     os.makedirs(workdir, exist_ok=True)
     mngr = checkpoints.manager(workdir, save_every=checkpoint_every, keep=2)
-    state, start = checkpoints.resume(mngr, state, meta, what="run", workdir=workdir)
+    state, start = checkpoints.resume(mngr, state, meta, what=what, workdir=workdir,
+                                      key=_resume_key, extend_keys=extend_keys,
+                                      extend=extend)
+    unchecked = []          # (epoch, device metrics) not yet checked for NaN / inf
+
+    def check_finite():
+        if unchecked:
+            rows = jax.device_get([m for _, m in unchecked])
+            stacked = jax.tree.map(lambda *xs: np.stack(xs), *rows)
+            guards.check_metrics(unchecked[0][0], stacked, axes=axes,
+                                 what=f"{desc or what} training (one step per epoch)")
+            unchecked.clear()
+
     try:
+        if start > epochs:
+            raise ValueError(f"{workdir!r} holds a {what} checkpoint at epoch {start}, "
+                             f"beyond the {epochs} epochs asked; a run cannot be shortened "
+                             "(use a new --workdir)")
         with MetricsLog(workdir, start_step=start) as log:
             bar = tqdm(range(start, epochs), disable=not progress, desc=desc)
             for epoch in bar:
                 state, m = step(state, task, key)
+                unchecked.append((epoch + 1, m))
                 last = epoch + 1 == epochs
                 if (epoch + 1) % log_every == 0 or last:
                     bar.set_postfix(log_metrics(log, epoch + 1, jax.device_get(m)))
+                    check_finite()
                 if (epoch + 1) % checkpoint_every == 0 or last:
-                    checkpoints.save(mngr, epoch + 1, meta=meta, force=last, state=state)
+                    check_finite()
+                    checkpoints.save(mngr, epoch + 1, meta=dict(meta, epoch=epoch + 1),
+                                     force=last, state=state)
     finally:
         mngr.close()
     return state
@@ -249,8 +321,28 @@ def _log_metrics(log, epoch: int, m: dict) -> dict:
     return {"loss": f"{m['loss']:.3f}", "val": f"{m['val_accuracy']:.3f}"}
 
 
+def check_config(config) -> None:
+    """ValueError naming the first bad value and its accepted range (before any data are
+    read): the loop settings of :func:`run_epochs` and the optimiser's."""
+    guards.int_at_least(config, "epochs", 1)
+    guards.int_at_least(config, "log_every", 1, what="epochs between logged metrics")
+    guards.int_at_least(config, "checkpoint_every", 1, what="epochs between checkpoints")
+    guards.positive(config, "optim.lr")
+    wd = guards.get(config, "optim.weight_decay")
+    if not wd >= 0:
+        raise ValueError(f"config.optim.weight_decay must be a number >= 0, got {wd!r}")
+
+
+def run_settings(config, ignore=()) -> dict:
+    """The config fields that change a run's results (compared when resuming): all but
+    the run-only ones (:data:`jaxinfra.checkpoints.RUN_ONLY_FIELDS`) and ``data_dir`` (the
+    Planetoid files are checked against their published counts wherever they lie)."""
+    return checkpoints.settings(config, ignore=("data_dir",) + tuple(ignore))
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains ``config.model`` on ``config.dataset``; returns (and writes) the summary."""
+    check_config(config)
     task = task_from_config(config)
     model = gnn.make_model(config.model.arch, task.num_classes, **model_kwargs(config))
     decay_mask = first_layer_mask if config.optim.decay_first_layer_only else None
@@ -260,10 +352,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = run_epochs(
         jax.jit(make_train_step(model, tx), donate_argnums=(0,)),
         init_state(model, tx, task, init_key), task, train_key, workdir=workdir,
-        meta={"dataset": config.dataset, "arch": config.model.arch}, epochs=config.epochs,
+        meta={"dataset": config.dataset, "arch": config.model.arch,
+              "settings": run_settings(config)}, epochs=config.epochs,
         log_every=config.log_every, checkpoint_every=config.checkpoint_every,
         log_metrics=_log_metrics, desc=f"{config.model.arch}/{config.dataset}",
-        progress=config.progress)
+        progress=config.progress, what="GNN", extend=bool(config.get("extend", False)),
+        extend_keys=("epochs",))
     sel = jax.device_get(state.selection)
     result = {"dataset": config.dataset, "arch": config.model.arch, "seed": config.seed,
               "epochs": config.epochs, "best_val_accuracy": float(sel.best_val),

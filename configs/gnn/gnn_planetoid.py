@@ -49,6 +49,7 @@ def get_config(arg=None):
                                              "decay_first_layer_only": False})
     c.log_every = 10
     c.checkpoint_every = 50
+    c.extend = False                  # True: continue a finished run to more epochs
     c.progress = True
     if "tiny" in args.flags:
         c.epochs = 5

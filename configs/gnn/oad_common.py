@@ -53,6 +53,7 @@ def oad_config(dataset: str, arg=None) -> ml_collections.ConfigDict:
     c.num_seeds = 1
     c.log_every = 10
     c.checkpoint_every = 50
+    c.extend = False                      # True: continue a finished run to more okd_epochs
     c.progress = True
     if "code" in opts:
         c.self_loops = False

@@ -13,6 +13,9 @@ Options (comma-separated):
   tiny       a few steps on the generated graph (tests; seconds)
 Any field can also be overridden with --config.train.lr=... etc.
 
+Re-running with the same --workdir resumes it (same settings only; every difference is
+listed). --config.extend=True continues a finished run to a larger train.epochs.
+
 CPU budget (the README table): batch 512, 64 uniform negatives, self-adversarial
 alpha = 0.5 (WN18RR) / 1.0 (FB15k-237), Adam lr 3e-3 constant, 10 epochs on WN18RR
 (1690 steps). This is a SHORT schedule: the RotatE paper's anchor (d = 500/1000 complex,
@@ -39,7 +42,8 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.dataset = data
     c.data_dir = ""                  # "": the copies bundled in jaxgraph/data_files/kg
-    c.vocabulary = "all"
+    c.vocabulary = "all"             # ids over all splits, or "train" (train names only)
+    c.unseen = "keep"                # valid/test triples unseen in train: keep | filter | error
     c.synthetic = ml_collections.ConfigDict({"num_entities": 40, "num_relations": 4, "seed": 0})
     c.seed = 0
 
@@ -86,6 +90,7 @@ def get_config(arg=None):
 
     c.checkpoint_every = 1
     c.keep_checkpoints = 2
+    c.extend = False                 # True: continue a finished run to more epochs
     c.progress = True
 
     if "tiny" in flags:

@@ -2,11 +2,19 @@
 
     python -m jaxgraph.kge --config=configs/kge/kge.py:rotate,wn18rr,dim=32 --workdir=W
 
-:func:`train_and_evaluate` loads the data, builds the step settings and the optimizer,
-resumes from ``workdir`` when it holds a checkpoint of the same model, data and CSD
-settings, trains (:func:`jaxgraph.kge.trainer.train_epochs`) and evaluates: validation
-every ``eval.every`` epochs (filter train + valid) and the final validation and test
-(filter train + valid + test), realistic filtered ranks, both sides.
+:func:`train_and_evaluate` checks the config values (:func:`check_config`), loads the
+data, builds the step settings and the optimizer, resumes from ``workdir``, trains
+(:func:`jaxgraph.kge.trainer.train_epochs`) and evaluates: validation every ``eval.every``
+epochs (filter train + valid) and the final validation and test (filter train + valid +
+test), realistic filtered ranks, both sides.
+
+Resuming (:mod:`jaxinfra.checkpoints`): the newest good checkpoint of ``workdir`` is used
+(a corrupt one is moved to ``checkpoints/corrupt/<epoch>`` with a warning). It must have
+been written with the same settings (:func:`run_settings`: every config field that changes
+results) and the same data (:meth:`jaxgraph.kg_data.KGData.fingerprint`), else the run is
+refused with every difference listed. ``--config.extend=True`` lets only
+``train.epochs`` differ: a finished run continues to more epochs, its epoch and step
+counters going on from the checkpoint.
 """
 from __future__ import annotations
 
@@ -19,18 +27,21 @@ import numpy as np
 import optax
 
 from jaxgraph import csd as csd_lib
-from jaxgraph import kg_data, kge_models
+from jaxgraph import guards, kg_data, kge_models
 from jaxgraph.kge import evaluation, trainer
 from jaxgraph.kge import step as kge_step
 from jaxinfra import checkpoints
 from jaxinfra.metrics import MetricsLog
 
-__all__ = ["OPTIMIZERS", "make_optimizer", "csd_config", "step_config", "load_data",
-           "train_and_evaluate", "main"]
+__all__ = ["OPTIMIZERS", "make_optimizer", "csd_config", "step_config", "check_config",
+           "load_data", "run_settings", "train_and_evaluate", "main"]
 
 OPTIMIZERS = ("adam", "adagrad")
-# What must agree between a run and the checkpoint it resumes from.
-_RESUME_KEYS = ("model", "dataset", "csd")
+# Config fields that never change a trained model (besides jaxinfra's run-only fields:
+# checkpoint_every, keep_checkpoints, progress, extend): where the data files lie (the
+# data themselves are compared by fingerprint), how validation is batched and how often
+# it runs (it never feeds back into training).
+_NOT_RESULTS = ("data_dir", "eval.batch_size", "eval.chunk", "eval.every")
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -87,19 +98,70 @@ def step_config(config, num_entities: int) -> kge_step.StepConfig:
         csd=csd_config(config))
 
 
+def check_config(config) -> None:
+    """ValueError naming the first bad value and the accepted range; called before any
+    data are read or anything is compiled."""
+    guards.int_at_least(config, "train.epochs", 1)
+    guards.int_at_least(config, "train.batch_size", 1, what="training triples per step")
+    if config.train.loss == "self_adversarial":
+        guards.int_at_least(config, "train.num_negatives", 1,
+                            what="negatives per positive triple, option negatives=N")
+    guards.positive(config, "train.lr")
+    guards.int_at_least(config, "model.dim", 1)
+    guards.int_at_least(config, "checkpoint_every", 1, what="epochs between checkpoints")
+    guards.int_at_least(config, "keep_checkpoints", 1)
+    guards.int_at_least(config, "eval.every", 0, what="0: validation only at the end")
+    guards.int_at_least(config, "eval.valid_max_queries", 0, what="0: the whole split")
+    guards.int_at_least(config, "eval.batch_size", 1)
+    guards.int_at_least(config, "eval.chunk", 1)
+    if config.dataset != "synthetic":
+        guards.one_of(config, "vocabulary", kg_data.VOCABULARIES)
+        if "unseen" in config:
+            guards.one_of(config, "unseen", kg_data.UNSEEN)
+
+
 def load_data(config) -> kg_data.KGData:
-    """``config.dataset``: a bundled / on-disk graph, or ``synthetic`` (``config.synthetic``)."""
+    """``config.dataset``: a bundled / on-disk graph, or ``synthetic`` (``config.synthetic``).
+
+    Raises:
+      ValueError: bad files (see :func:`jaxgraph.kg_data.load_kg`) or an empty split.
+    """
     if config.dataset == "synthetic":
         s = config.get("synthetic", None)
-        return kg_data.synthetic_kg(**(dict(s) if s is not None else {}))
-    return kg_data.load_kg(config.dataset, data_dir=config.data_dir or None,
-                           vocabulary=config.vocabulary)
+        data = kg_data.synthetic_kg(**(dict(s) if s is not None else {}))
+    else:
+        data = kg_data.load_kg(config.dataset, data_dir=config.data_dir or None,
+                               vocabulary=config.vocabulary,
+                               unseen=config.get("unseen", "keep"))
+    for split in kg_data.SPLITS:
+        if len(data.split(split)) == 0:
+            raise ValueError(f"data set {data.name!r}: the {split} split is empty; every "
+                             "split needs at least one triple")
+    return data
+
+
+def run_settings(config) -> dict:
+    """The config fields that change a run's results (compared when resuming)."""
+    unused = (("vocabulary", "unseen") if config.dataset == "synthetic"
+              else ("synthetic",))
+    return checkpoints.settings(config, ignore=_NOT_RESULTS + unused)
 
 
 def _meta(config, data) -> dict:
     return {"model": dict(config.model), "dataset": data.name,
             "num_entities": data.num_entities, "num_relations": data.num_relations,
-            "csd": dict(config.csd), "seed": int(config.seed)}
+            "csd": dict(config.csd), "seed": int(config.seed),
+            "settings": run_settings(config),
+            "data": {"name": data.name, "entities": data.num_entities,
+                     "relations": data.num_relations,
+                     "triples": [len(data.split(s)) for s in kg_data.SPLITS],
+                     "sha256": data.fingerprint()[:16]}}
+
+
+def _resume_key(meta: dict) -> dict:
+    """What must agree between a run and the checkpoint it resumes: the settings and the
+    data (a checkpoint from before settings were recorded differs in every field)."""
+    return dict(meta.get("settings") or {}, data=meta.get("data"))
 
 
 def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None) -> dict:
@@ -110,12 +172,14 @@ def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None
       workdir: output folder.
       stop_at_epoch: stop after this epoch (simulates an interruption; no final test).
     """
+    check_config(config)              # bad values fail here, before the data are read
     data = load_data(config)          # bad data fails here, before any compilation
     cfg = step_config(config, data.num_entities)
     bs = int(config.train.batch_size)
     n_train = len(data.train)
     if n_train // bs < 1:
-        raise ValueError(f"train.batch_size {bs} exceeds the {n_train} training triples")
+        raise ValueError(f"config.train.batch_size={bs} exceeds the {n_train} training "
+                         f"triples; accepted: 1 to {n_train}")
     tx = make_optimizer(config, n_train // bs)
     weights = (kge_step.subsampling_weights(data.train, data.num_relations)
                if config.train.subsampling else np.ones(n_train, np.float32))
@@ -136,9 +200,15 @@ def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None
     meta = _meta(config, data)
     state = kge_step.init_state(cfg, data.num_relations, tx, jax.random.fold_in(key, 1),
                                 float(config.model.init_range))
-    state, start = checkpoints.resume(mngr, state, meta, what="run", workdir=workdir,
-                                      key=lambda m: {k: m[k] for k in _RESUME_KEYS})
+    state, start = checkpoints.resume(mngr, state, meta, what="KGE", workdir=workdir,
+                                      key=_resume_key, extend_keys=("train.epochs",),
+                                      extend=bool(config.get("extend", False)))
     epochs = int(config.train.epochs)
+    if start > epochs:
+        mngr.close()
+        raise ValueError(f"{workdir!r} holds a KGE checkpoint at epoch {start}, beyond "
+                         f"config.train.epochs={epochs}; a run cannot be shortened (use a "
+                         "new --workdir)")
     end = epochs if stop_at_epoch is None else min(epochs, int(stop_at_epoch))
     result = {"dataset": data.name, "model": cfg.backbone.name, "dim": cfg.backbone.dim,
               "csd": cfg.csd.enabled, "seed": int(config.seed), "epochs": epochs}

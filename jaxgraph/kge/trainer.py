@@ -3,7 +3,10 @@ validation and checkpoints.
 
 An epoch visits a permutation of the training triples drawn from (seed, epoch), dropping
 the last partial batch (:func:`epoch_indices`), so a resumed run repeats an uninterrupted
-one exactly.
+one exactly. Every step's metrics are checked for NaN / inf before the epoch is logged
+as done, validated or saved (:func:`jaxgraph.guards.check_metrics`): a non-finite loss or
+state stops training, naming the epoch, the optimizer step and the metric, and the last
+good checkpoint stays the newest.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgraph import guards
 from jaxgraph.kge import step as kge_step
 from jaxinfra import checkpoints
 
@@ -52,7 +56,9 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
       ``(state, train_seconds)``.
 
     Raises:
-      FloatingPointError: the loss became NaN or infinite.
+      jaxinfra.finite.NonFiniteError: a step's loss or state (``l2_params``) or another
+        metric became NaN or infinite; the message names the epoch, the step (optimizer
+        updates, 1-based) and the metric. Nothing of that epoch is saved.
     """
     from tqdm import tqdm
 
@@ -74,8 +80,8 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
             row.update(triples_per_sec=idx.size / dt, epoch_seconds=dt)
             log.write(epoch + 1, row, prefix="train")
             bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if not np.isfinite(row["loss"]):
-                raise FloatingPointError(f"loss became {row['loss']} at epoch {epoch + 1}")
+            guards.check_metrics(epoch * len(idx) + 1, metrics,
+                                 what=f"KGE training (epoch {epoch + 1})")
             if (validate is not None and eval_every and (epoch + 1) % eval_every == 0
                     and epoch + 1 < epochs):
                 log.write(epoch + 1, validate(state.params["kge"]), prefix="valid")

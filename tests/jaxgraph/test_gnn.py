@@ -1,8 +1,5 @@
-"""GNN layers and models against dense-adjacency computations; padding; sparse features;
-the single-GNN trainer end to end."""
-import json
-import os
-
+"""GNN layers and models against dense-adjacency computations; padding; sparse features.
+(The single-GNN trainer end to end: test_train_faults.py.)"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,24 +133,3 @@ def test_gat_shapes_and_bad_input():
         gnn.make_model("gat", 3, activation="tanh")
     with pytest.raises(ValueError, match=r"edge endpoints must lie in \[0, 7\)"):
         graphs.build_graph(x, [0, 7], [1, 2])
-
-
-def test_train_cli_runs_and_resumes(tmp_path):
-    """``jaxgraph.train`` on Cora (tiny: 5 epochs): metrics, checkpoints, exact resume."""
-    from configs.gnn.gnn_planetoid import get_config
-    from jaxgraph.train import train_and_evaluate
-    c = get_config("cora,gcn,tiny")
-    full = train_and_evaluate(c, str(tmp_path / "full"))
-    assert 0.0 < full["test_accuracy_at_best_val"] <= 1.0 and full["best_epoch"] >= 0
-    rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
-    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5]
-    assert os.path.isdir(tmp_path / "full" / "checkpoints")
-    # Stop after 3 epochs, then resume to 5: identical selection.
-    c3 = get_config("cora,gcn,tiny")
-    c3.unlock()
-    c3.epochs = 3
-    train_and_evaluate(c3, str(tmp_path / "resumed"))
-    resumed = train_and_evaluate(c, str(tmp_path / "resumed"))
-    assert resumed == full
-    with pytest.raises(ValueError, match="unknown config option"):
-        get_config("cora,gin")

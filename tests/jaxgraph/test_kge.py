@@ -61,8 +61,9 @@ def test_resume_is_exact_and_results(tmp_path):
     lines = open(tmp_path / "full" / "metrics.jsonl").read().splitlines()
     assert len(lines) == 4 and '"test/mrr"' in lines[-1] and '"train/kd_loss"' in lines[0]
     # another model in the same workdir is refused
-    with pytest.raises(ValueError, match=r"holds a run checkpoint .*other settings: "
-                       r"csd\.enabled: True -> False; model\.name: 'rotate' -> 'transe'"):
+    with pytest.raises(ValueError, match=r"holds a KGE checkpoint .*other settings: "
+                       r"csd\.enabled: True -> False; model\.name: 'rotate' -> 'transe'\. "
+                       r"Use a new --workdir"):
         experiment.train_and_evaluate(_get_config("transe,tiny"), str(tmp_path / "full"))
     with pytest.raises(FileNotFoundError, match="no KGE checkpoints in .*train first"):
         evaluation.load_checkpoint(str(tmp_path / "nothing"))
