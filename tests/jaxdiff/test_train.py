@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from faults import checkpoint_steps, flip_bit, largest_file
 
 from configs import edm_digits, edm_fashion_mnist
 from jaxdiff.models import unet
@@ -123,19 +124,11 @@ def test_bad_input(tmp_path):
 
 
 # ------------------------------------------------------------------ faults (runs never lose work)
-def _largest_file(step_dir):
-    files = [p for p in step_dir.rglob("*") if p.is_file() and p.name != "integrity.json"]
-    return max(files, key=lambda p: p.stat().st_size)
-
-
 def test_corrupt_checkpoint_falls_back_and_ends_like_an_uninterrupted_run(straight, tmp_path):
     cfg, workdir, _ = straight
     work = tmp_path / "w"
     train.train_and_evaluate(cfg, str(work))                      # steps 2 and 4 saved
-    big = _largest_file(work / "checkpoints" / "4")
-    data = bytearray(big.read_bytes())
-    data[len(data) // 2] ^= 0x01                                  # one bit flipped
-    big.write_bytes(bytes(data))
+    flip_bit(largest_file(work / "checkpoints" / "4"))
     with pytest.warns(RuntimeWarning, match=r"step 4 .* is corrupt .*using step 2"):
         result = train.train_and_evaluate(cfg, str(work))        # redoes steps 3, 4
     assert result["step"] == 4
@@ -144,8 +137,7 @@ def test_corrupt_checkpoint_falls_back_and_ends_like_an_uninterrupted_run(straig
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
     assert (work / "checkpoints" / "corrupt" / "4").is_dir()
-    assert sorted(int(p.name) for p in (work / "checkpoints").iterdir()
-                  if p.name.isdigit()) == [2, 4]
+    assert checkpoint_steps(work) == [2, 4]
 
 
 def test_nan_learning_rate_stops_and_saves_nothing(tmp_path):

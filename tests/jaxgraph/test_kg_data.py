@@ -190,8 +190,9 @@ def test_unseen_entities_and_relations_keep_filter_error(tmp_path):
 
 
 def test_unseen_through_the_config(tmp_path, monkeypatch):
+    from test_kge import _get_config
+
     from jaxgraph.kge import experiment
-    from tests.jaxgraph.test_kge import _get_config
     monkeypatch.setenv("JAXGRAPH_CACHE", str(tmp_path / "cache"))
     _write_raw(tmp_path / "g", valid=_text("valid", "new1\tr0\te1\n").encode())
     c = _get_config("tiny")

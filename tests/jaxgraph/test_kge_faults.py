@@ -10,12 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from faults import checkpoint_steps, flip_bit, largest_file, truncate
+from test_kge import ROOT, _get_config
 
 from jaxgraph.kge import evaluation, experiment
 from jaxgraph.kge import step as kge_step
 from jaxinfra import checkpoints
 from jaxinfra.finite import NonFiniteError
-from tests.jaxgraph.test_kge import ROOT, _get_config
 
 
 def _config(**train):
@@ -41,39 +42,19 @@ def reference(tmp_path_factory):
     return workdir, result, _params(workdir)[0]
 
 
-def _largest_file(step_dir):
-    files = [p for p in step_dir.rglob("*") if p.is_file() and p.name != "integrity.json"]
-    return max(files, key=lambda p: p.stat().st_size)
-
-
-def _flip_bit(path):
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def _truncate(path):
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def _steps(workdir):
-    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
-                  if p.name.isdigit())
-
-
-@pytest.mark.parametrize("fault", [_flip_bit, _truncate], ids=["bit-flip", "truncated"])
+@pytest.mark.parametrize("fault", [flip_bit, truncate], ids=["bit-flip", "truncated"])
 def test_corrupt_latest_checkpoint_falls_back_and_ends_as_uninterrupted(tmp_path, reference,
                                                                        fault):
     _, ref_result, ref_params = reference
     experiment.train_and_evaluate(_config(), str(tmp_path))
-    assert _steps(tmp_path) == [1, 2]
-    fault(_largest_file(tmp_path / "checkpoints" / "2"))
+    assert checkpoint_steps(tmp_path) == [1, 2]
+    fault(largest_file(tmp_path / "checkpoints" / "2"))
     with pytest.warns(RuntimeWarning, match=r"checkpoint step 2 in .* is corrupt \(file .* "
                                             r"does not match its recorded SHA-256\); moved "
                                             r"to .*corrupt/2; using step 1"):
         result = experiment.train_and_evaluate(_config(), str(tmp_path))   # redoes epoch 2
     assert (tmp_path / "checkpoints" / "corrupt" / "2").is_dir()
-    assert _steps(tmp_path) == [1, 2]
+    assert checkpoint_steps(tmp_path) == [1, 2]
     params, meta = _params(tmp_path)
     assert meta["epoch"] == 2
     for k in ref_params:
@@ -88,7 +69,7 @@ def test_nan_learning_rate_stops_at_the_first_step_and_saves_nothing(tmp_path):
     with pytest.raises(NonFiniteError, match=r"^KGE training \(epoch 1\) stopped at step 1: "
                                              r"l2_params is nan; nothing was saved"):
         experiment.train_and_evaluate(c, str(tmp_path))
-    assert _steps(tmp_path) == []
+    assert checkpoint_steps(tmp_path) == []
     row = json.loads(open(tmp_path / "metrics.jsonl").readline())   # the evidence is logged
     assert row["step"] == 1 and np.isnan(row["train/l2_params"])
 
@@ -110,7 +91,7 @@ def test_a_non_finite_state_is_never_saved(tmp_path, monkeypatch):
     with pytest.raises(NonFiniteError, match=r"step 2: state.*\['entity'\] holds NaN or inf; "
                                              r"not saved"):
         experiment.train_and_evaluate(_config(), str(tmp_path))
-    assert _steps(tmp_path) == [1]
+    assert checkpoint_steps(tmp_path) == [1]
     mngr = checkpoints.manager(str(tmp_path))
     assert checkpoints.verify(mngr, 1) is None
     saved = checkpoints.read(mngr, 1, state=None)["state"]
@@ -150,7 +131,7 @@ def test_resume_refuses_other_settings_and_extend_continues(tmp_path, reference)
         experiment.train_and_evaluate(longer, str(tmp_path))
     longer.train.lr = 0.01
     result = experiment.train_and_evaluate(longer, str(tmp_path))
-    assert result["epochs_done"] == 2 and _steps(tmp_path) == [1, 2]
+    assert result["epochs_done"] == 2 and checkpoint_steps(tmp_path) == [1, 2]
     mngr = checkpoints.manager(str(tmp_path))
     state = checkpoints.read(mngr, 2, state=None)["state"]
     mngr.close()
@@ -211,4 +192,4 @@ def test_cli_nan_is_one_line_and_exit_2(tmp_path):
         "error: KGE training (epoch 1) stopped at step 1: l2_params is nan; nothing was "
         "saved after the last good checkpoint (lower the learning rate or check the data) "
         "(--verbose shows the traceback)")
-    assert _steps(tmp_path) == [] and not os.path.exists(tmp_path / "results.json")
+    assert checkpoint_steps(tmp_path) == [] and not os.path.exists(tmp_path / "results.json")

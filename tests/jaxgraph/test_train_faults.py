@@ -7,14 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from faults import checkpoint_steps, flip_bit, largest_file, truncate
+from test_oad import synthetic_task
 
 from configs.gnn.gnn_planetoid import get_config as gnn_config
 from configs.gnn.oad_cora import get_config as oad_config
 from jaxgraph import oad, train
 from jaxinfra import checkpoints
 from jaxinfra.finite import NonFiniteError
-from tests.jaxgraph.test_kge_faults import _flip_bit, _largest_file, _steps, _truncate
-from tests.jaxgraph.test_oad import synthetic_task
 
 
 def _gnn(**fields):
@@ -56,7 +56,7 @@ def test_train_runs_resumes_exactly_and_extends(tmp_path, reference):
     assert 0.0 < full["test_accuracy_at_best_val"] <= 1.0 and full["best_epoch"] >= 0
     rows = [json.loads(line) for line in open(ref_dir / "metrics.jsonl")]
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5]
-    assert _steps(ref_dir) == [4, 5]
+    assert checkpoint_steps(ref_dir) == [4, 5]
     train.train_and_evaluate(_gnn(epochs=3), str(tmp_path))
     with pytest.raises(checkpoints.SettingsMismatchError,
                        match=r"holds a GNN run \(checkpoint at step 3\) of another length: "
@@ -74,17 +74,18 @@ def test_train_runs_resumes_exactly_and_extends(tmp_path, reference):
         gnn_config("cora,gin")
 
 
-@pytest.mark.parametrize("fault", [_flip_bit, _truncate], ids=["bit-flip", "truncated"])
+@pytest.mark.parametrize("fault", [flip_bit, truncate], ids=["bit-flip", "truncated"])
 def test_corrupt_latest_checkpoint_falls_back_and_ends_as_uninterrupted(tmp_path, reference,
                                                                        fault):
     _, full, ref_state = reference
     train.train_and_evaluate(_gnn(), str(tmp_path))
-    fault(_largest_file(tmp_path / "checkpoints" / "5"))
+    fault(largest_file(tmp_path / "checkpoints" / "5"))
     with pytest.warns(RuntimeWarning, match=r"checkpoint step 5 in .* is corrupt .*SHA-256"
                                             r"\); moved to .*corrupt/5; using step 4"):
         result = train.train_and_evaluate(_gnn(), str(tmp_path))      # redoes epoch 5
     assert result == full
-    assert _steps(tmp_path) == [4, 5] and (tmp_path / "checkpoints" / "corrupt" / "5").is_dir()
+    assert checkpoint_steps(tmp_path) == [4, 5]
+    assert (tmp_path / "checkpoints" / "corrupt" / "5").is_dir()
     _assert_same_tree(_final_state(tmp_path)[2], ref_state)
 
 
@@ -95,7 +96,7 @@ def test_nan_learning_rate_stops_and_saves_nothing(tmp_path):
                                              r"stopped at step 1: l2_params is nan; nothing "
                                              r"was saved"):
         train.train_and_evaluate(c, str(tmp_path))
-    assert _steps(tmp_path) == []
+    assert checkpoint_steps(tmp_path) == []
 
 
 def test_resume_refuses_other_settings(reference):
@@ -175,8 +176,8 @@ def test_oad_on_cora_runs_and_survives_faults(tmp_path):
         assert json.load(f)["stats"] == first["stats"]
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [r["step"] for r in rows if "train/gan" in r] == [1, 2, 3, 4, 5]
-    assert _steps(run) == [4, 5]
-    _flip_bit(_largest_file(run / "checkpoints" / "5"))
+    assert checkpoint_steps(run) == [4, 5]
+    flip_bit(largest_file(run / "checkpoints" / "5"))
     with pytest.warns(RuntimeWarning, match=r"step 5 .* is corrupt .*; using step 4"):
         again = oad.run_oad(oad_config("tiny"), str(run))
     assert again["per_seed"] == first["per_seed"]                 # epoch 5 redone exactly
@@ -195,7 +196,7 @@ def test_oad_on_cora_runs_and_survives_faults(tmp_path):
         oad.run_oad(c, str(run))
     c.warmup_epochs = 2
     longer = oad.run_oad(c, str(run))
-    assert longer["okd_epochs"] == 4 and _steps(run) == [5, 6]
+    assert longer["okd_epochs"] == 4 and checkpoint_steps(run) == [5, 6]
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [r["step"] for r in rows if "train/gan" in r] == [1, 2, 3, 4, 5, 5, 6]
     _, meta, state = _final_state(run)
@@ -206,4 +207,4 @@ def test_oad_on_cora_runs_and_survives_faults(tmp_path):
                                              r"epoch\) stopped at step 1: l2_params\[seed=0\] "
                                              r"is nan; nothing was saved"):
         oad.run_oad(nan, str(tmp_path / "nan"))
-    assert _steps(tmp_path / "nan") == []
+    assert checkpoint_steps(tmp_path / "nan") == []

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from faults import flip_bit, largest_file, truncate
 
 from jaxinfra import checkpoints
 
@@ -58,21 +59,6 @@ def test_open_latest_errors_name_the_folder_and_the_fix(tmp_path):
 
 
 # ------------------------------------------------------------------ fault injection
-def _largest_file(step_dir):
-    files = [p for p in step_dir.rglob("*") if p.is_file() and p.name != "integrity.json"]
-    return max(files, key=lambda p: p.stat().st_size)
-
-
-def _flip_bit(path):
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def _truncate(path):
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
 def _two_steps(tmp_path, keep=None):
     mngr = checkpoints.manager(str(tmp_path), keep=keep)
     for s in (1, 2):
@@ -80,10 +66,10 @@ def _two_steps(tmp_path, keep=None):
     return mngr
 
 
-@pytest.mark.parametrize("fault", [_flip_bit, _truncate, lambda p: p.unlink()])
+@pytest.mark.parametrize("fault", [flip_bit, truncate, lambda p: p.unlink()])
 def test_corrupt_latest_falls_back_to_the_newest_good_step(tmp_path, fault):
     mngr = _two_steps(tmp_path, keep=2)
-    fault(_largest_file(tmp_path / "checkpoints" / "2"))
+    fault(largest_file(tmp_path / "checkpoints" / "2"))
     assert checkpoints.verify(mngr, 2) is not None
     with pytest.warns(RuntimeWarning, match=r"step 2 .* is corrupt .*using step 1"):
         state, start = checkpoints.resume(mngr, _tree(), {"model": "a", "step": 0},
@@ -101,7 +87,7 @@ def test_corrupt_latest_falls_back_to_the_newest_good_step(tmp_path, fault):
 def test_every_step_corrupt_means_a_fresh_start_with_a_warning(tmp_path):
     mngr = _two_steps(tmp_path)
     for s in ("1", "2"):
-        _flip_bit(_largest_file(tmp_path / "checkpoints" / s))
+        flip_bit(largest_file(tmp_path / "checkpoints" / s))
     with pytest.warns(RuntimeWarning, match="no good checkpoint left"):
         _, start = checkpoints.resume(mngr, _tree(), {"model": "a"},
                                       key=lambda m: m["model"])
@@ -110,7 +96,7 @@ def test_every_step_corrupt_means_a_fresh_start_with_a_warning(tmp_path):
 
 def test_open_latest_skips_corrupt_steps_and_refuses_an_explicit_corrupt_one(tmp_path):
     _two_steps(tmp_path).close()
-    _flip_bit(_largest_file(tmp_path / "checkpoints" / "2"))
+    flip_bit(largest_file(tmp_path / "checkpoints" / "2"))
     with pytest.raises(ValueError, match=r"step 2 .* is corrupt \(file .* SHA-256\)"):
         checkpoints.open_latest(str(tmp_path), what="test", hint="", step=2)
     with pytest.warns(RuntimeWarning, match="step 2"):

@@ -1,9 +1,18 @@
-"""jaxkd.train: loss goes down, exact resume, sharded == single-device, clear errors.
+"""jaxkd.train: loss goes down, exact resume, sharded == single-device, clear errors, and
+the faults a user met: corrupt checkpoints (fallback to the newest good step), NaN (stop,
+save nothing), resumes with other settings (refused; --config.extend=True to go longer),
+the missing-teacher hint, bad values.
 
 Uses the tiny CNN of kd_testnet (the jaxkd model interface) on scikit-learn digits so
 that each compiled step costs a second, not a ResNet's compile.
 """
 import importlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +21,11 @@ import pytest
 from kd_testnet import ZOO
 
 from configs.kd import common
+from jaxinfra import checkpoints
 from jaxinfra import mesh as mesh_lib
 from jaxkd import data, train
+
+REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,32 +83,380 @@ def test_a_few_steps_lower_the_loss(datasets):
     assert int(state.step) == 20
 
 
-def test_resume_is_exact_and_teacher_checks(datasets, tmp_path):
+@pytest.fixture(scope="module")
+def full(datasets, tmp_path_factory):
+    """A finished 2-epoch CE run (4 steps per epoch; checkpoints at steps 4 and 8, the
+    best epoch's student in best/). Tests work on copies (:func:`_copy`)."""
+    workdir = str(tmp_path_factory.mktemp("kd") / "full")
+    return workdir, train.train_and_evaluate(_config("ce"), workdir, datasets=datasets)
+
+
+@pytest.fixture(scope="module")
+def full3(datasets, tmp_path_factory):
+    """The same run trained for 3 epochs without interruption."""
+    workdir = str(tmp_path_factory.mktemp("kd") / "full3")
+    return workdir, train.train_and_evaluate(_config("ce", num_epochs=3), workdir,
+                                             datasets=datasets)
+
+
+def _copy(run, tmp_path, name="run"):
+    dst = str(tmp_path / name)
+    shutil.copytree(run[0], dst)
+    return dst
+
+
+def _state(workdir, step):
+    """The saved TrainState leaves and meta of checkpoint ``step`` (read as saved)."""
+    mngr = checkpoints.manager(workdir, subdir=train.LAST_SUBDIR, read_only=True)
+    try:
+        state = checkpoints.read(mngr, step, state=None)["state"]
+        return jax.tree.leaves(state), checkpoints.read_meta(mngr, step)
+    finally:
+        mngr.close()
+
+
+def _assert_same_leaves(a, b):
+    assert len(a) == len(b) > 0
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+def _steps(workdir, subdir=train.LAST_SUBDIR):
+    path = os.path.join(workdir, subdir)
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(
+        path) else []
+
+
+def _rows(workdir, prefix):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if any(k.startswith(prefix + "/") for k in r)]
+
+
+def _largest_file(step_dir):
+    files = [p for p in pathlib.Path(step_dir).rglob("*")
+             if p.is_file() and p.name != "integrity.json"]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def _flip_bit(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_resume_is_exact_and_teacher_checks(datasets, full, tmp_path):
     c = _config("ce")
-    full = train.train_and_evaluate(c, str(tmp_path / "full"), datasets=datasets)
     part = train.train_and_evaluate(c, str(tmp_path / "cut"), datasets=datasets,
                                     stop_at_step=5)
     assert part["step"] == 5
     resumed = train.train_and_evaluate(c, str(tmp_path / "cut"), datasets=datasets)
-    assert resumed["step"] == full["step"] == 8 and full["steps_per_epoch"] == 4
-    a, _ = train.load_student(str(tmp_path / "full"), "last")
+    assert resumed["step"] == full[1]["step"] == 8 and full[1]["steps_per_epoch"] == 4
+    a, _ = train.load_student(full[0], "last")
     b, meta = train.load_student(str(tmp_path / "cut"), "last")
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(u, v)
-    assert resumed["best_acc"] == full["best_acc"] and meta["model"] == "tiny4"
-    assert 0.0 <= full["best_acc"] <= 1.0 and full["best_acc"] >= full["last_acc"]
+    _assert_same_leaves(jax.tree.leaves(a), jax.tree.leaves(b))
+    assert resumed["best_acc"] == full[1]["best_acc"] and meta["model"] == "tiny4"
+    assert 0.0 <= full[1]["best_acc"] <= 1.0 and full[1]["best_acc"] >= full[1]["last_acc"]
 
     # The trained model serves as a teacher; a config naming another architecture fails.
     kd = _config("kd")
-    kd.teacher.workdirs = (str(tmp_path / "full"),)
+    kd.teacher.workdirs = (full[0],)
     stacked = train.load_teachers(kd, (8, 8, 1), 10)
     assert jax.tree.leaves(stacked)[0].shape[0] == 1
     kd.teacher.model = "tiny8"
     with pytest.raises(ValueError, match="holds .*tiny4.*asks for .*tiny8"):
         train.load_teachers(kd, (8, 8, 1), 10)
-    with pytest.raises(ValueError, match="different|holds a checkpoint"):
-        train.train_and_evaluate(_config("ce", student="tiny8"), str(tmp_path / "full"),
+
+
+# ------------------------------------------------------------------ corrupt checkpoints
+
+@pytest.mark.parametrize("fault", [_flip_bit, _truncate])
+def test_corrupt_latest_checkpoint_falls_back_to_the_good_one(datasets, full, tmp_path,
+                                                              fault):
+    """The newest step (8, the end of the run) is damaged: the run resumes from step 4
+    with a warning, retrains epoch 2 and ends bitwise where the uninterrupted run did;
+    the damaged step is kept in checkpoints/corrupt/8, and retention (keep 2) never drops
+    a good step for it."""
+    w = _copy(full, tmp_path)
+    fault(_largest_file(os.path.join(w, "checkpoints", "8")))
+    with pytest.warns(RuntimeWarning, match=r"checkpoint step 8 in .* is corrupt "
+                                            r"\(file .*\); moved to .*corrupt.*; using step 4"):
+        res = train.train_and_evaluate(_config("ce"), w, datasets=datasets)
+    assert res["step"] == 8 and res["best_acc"] == full[1]["best_acc"]
+    assert res["last_acc"] == full[1]["last_acc"]
+    assert _steps(w) == [4, 8] and os.path.isdir(os.path.join(w, "checkpoints", "corrupt",
+                                                              "8"))
+    got, meta = _state(w, 8)
+    want, want_meta = _state(full[0], 8)
+    _assert_same_leaves(got, want)
+    assert meta["history"] == want_meta["history"] and len(meta["history"]) == 2
+    # best/ and the metrics agree with the resumed run: no duplicated steps.
+    assert _steps(w, train.BEST_SUBDIR) == [4 * full[1]["best_epoch"]]
+    assert [r["step"] for r in _rows(w, "train")] == [2, 4, 6, 8]
+    assert [r["step"] for r in _rows(w, "test")] == [4, 8]
+
+
+def test_corrupt_checkpoint_then_more_epochs_matches_an_uninterrupted_run(
+        datasets, full, full3, tmp_path):
+    """The user's case: the last step is truncated, then the run is continued to 3
+    epochs (--config.num_epochs=3 --config.extend=True): it falls back to step 4 and ends
+    bitwise like a 3-epoch run that was never interrupted (constant lr)."""
+    w = _copy(full, tmp_path)
+    _truncate(_largest_file(os.path.join(w, "checkpoints", "8")))
+    with pytest.warns(RuntimeWarning, match="step 8 .* is corrupt .*using step 4"):
+        res = train.train_and_evaluate(_config("ce", num_epochs=3, extend=True), w,
+                                       datasets=datasets)
+    assert (res["step"], res["epoch"]) == (12, 3.0)
+    got, meta = _state(w, 12)
+    want, want_meta = _state(full3[0], 12)
+    _assert_same_leaves(got, want)
+    assert meta["history"] == want_meta["history"] and len(meta["history"]) == 3
+    assert (res["best_acc"], res["best_epoch"]) == (full3[1]["best_acc"],
+                                                   full3[1]["best_epoch"])
+    assert not any(np.isnan(v) for v in meta["history"])
+
+
+def test_corrupt_best_is_taken_from_the_kept_checkpoints(datasets, full, tmp_path):
+    """best/ damaged: loading the teacher uses the best epoch's step of checkpoints/
+    (same student) with a warning; a resumed run writes best/ back."""
+    w = _copy(full, tmp_path)
+    best = _steps(w, train.BEST_SUBDIR)
+    assert best == [4 * full[1]["best_epoch"]]
+    want, _ = train.load_student(full[0], "best")
+    _flip_bit(_largest_file(os.path.join(w, train.BEST_SUBDIR, str(best[0]))))
+    kd = _config("kd")
+    kd.teacher.workdirs = (w,)
+    with pytest.warns(RuntimeWarning, match=r"no good best/ checkpoint; using the best "
+                                            r"epoch's .*step %d" % best[0]):
+        stacked = train.load_teachers(kd, (8, 8, 1), 10)
+    _assert_same_leaves(jax.tree.leaves(stacked),
+                        [np.asarray(x)[None] for x in jax.tree.leaves(want)])
+    assert os.path.isdir(os.path.join(w, train.BEST_SUBDIR, "corrupt", str(best[0])))
+    with pytest.warns(RuntimeWarning, match=r"restored it from checkpoints/ step %d" % best[0]):
+        res = train.train_and_evaluate(_config("ce", num_epochs=3, extend=True), w,
+                                       datasets=datasets)
+    assert res["best_acc"] >= full[1]["best_acc"]
+    got, meta = train.load_student(w, "best")
+    assert meta["best_acc"] == res["best_acc"] and meta["step"] == 4 * res["best_epoch"]
+    if res["best_epoch"] == full[1]["best_epoch"]:
+        _assert_same_leaves(jax.tree.leaves(got), jax.tree.leaves(want))
+
+
+# ------------------------------------------------------------------------ NaN / inf
+
+def test_nan_learning_rate_stops_at_step_1_and_saves_nothing(datasets, tmp_path):
+    w = str(tmp_path / "nan")
+    c = _config("ce")
+    c.optim.lr = float("nan")                  # --config.optim.lr=nan
+    with pytest.raises(checkpoints.NonFiniteError,
+                       match=r"ce training stopped at step 1: l2_params is nan; nothing was "
+                             r"saved after the last good checkpoint"):
+        train.train_and_evaluate(c, w, datasets=datasets)
+    assert _steps(w) == [] and _steps(w, train.BEST_SUBDIR) == []
+    assert not os.path.exists(os.path.join(w, "metrics.jsonl")) or _rows(w, "train") == []
+
+
+def test_divergence_keeps_the_last_good_checkpoint(datasets, full, tmp_path, monkeypatch):
+    """NaN enters at step 6 (a poisoned batch): training stops there naming the step and
+    the metric; steps 4 (checkpoints/ and best/) stay the last saved, all finite; the
+    fixed run resumes from 4 and ends bitwise like the uninterrupted one."""
+    step_fn = train.train_step
+
+    def poisoned(state, teacher_vars, images, labels, key, *, cfg):
+        if int(state.step) == 5:
+            images = images * jnp.nan
+        return step_fn(state, teacher_vars, images, labels, key, cfg=cfg)
+
+    w = str(tmp_path / "div")
+    monkeypatch.setattr(train, "train_step", poisoned)
+    with pytest.raises(checkpoints.NonFiniteError,
+                       match=r"ce training stopped at step 6: ce is nan"):
+        train.train_and_evaluate(_config("ce"), w, datasets=datasets)
+    assert _steps(w) == [4] and _steps(w, train.BEST_SUBDIR) == [4]
+    for sub in (train.LAST_SUBDIR, train.BEST_SUBDIR):
+        mngr = checkpoints.manager(w, subdir=sub, read_only=True)
+        assert checkpoints.verify(mngr, 4) is None
+        items = checkpoints.read(mngr, 4, student=None)["student"]
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(items))
+        mngr.close()
+    assert [r["step"] for r in _rows(w, "train")] == [2, 4]
+    monkeypatch.setattr(train, "train_step", step_fn)
+    res = train.train_and_evaluate(_config("ce"), w, datasets=datasets)
+    assert res["step"] == 8 and res["best_acc"] == full[1]["best_acc"]
+    _assert_same_leaves(_state(w, 8)[0], _state(full[0], 8)[0])
+
+
+# ------------------------------------------------------------------ settings on resume
+
+@pytest.mark.parametrize("change,expected", [
+    ({"seed": 1}, "seed: 0 -> 1"),
+    ({"optim.lr": 0.1}, "optim.lr: 0.2 -> 0.1"),
+    ({"batch_size": 8}, "batch_size: 16 -> 8"),
+    ({"augment.pad": 2}, "augment.pad: 1 -> 2"),
+    ({"seed": 1, "optim.lr": 0.1, "batch_size": 8},
+     "batch_size: 16 -> 8; optim.lr: 0.2 -> 0.1; seed: 0 -> 1"),
+])
+def test_resume_refuses_other_settings(datasets, full, tmp_path, change, expected):
+    w = _copy(full, tmp_path)
+    before = sorted(os.listdir(w)), _rows(w, "test")
+    c = _config("ce")
+    for k, v in change.items():
+        node, *rest = k.split(".")
+        if rest:
+            c[node][rest[0]] = v
+        else:
+            c[k] = v
+    for extend in (False, True):
+        c.extend = extend
+        with pytest.raises(checkpoints.SettingsMismatchError) as err:
+            train.train_and_evaluate(c, w, datasets=datasets)
+        msg = str(err.value)
+        assert f"holds a model checkpoint (step 8) with other settings: {expected}. Use a new" \
+            " --workdir, or the saved settings" in msg, msg
+    assert (sorted(os.listdir(w)), _rows(w, "test")) == before      # nothing touched
+
+
+def test_resume_refuses_another_method_option(datasets, full, tmp_path):
+    kd = _config("kd")
+    kd.teacher.workdirs = (full[0],)
+    w = str(tmp_path / "kd")
+    train.train_and_evaluate(kd, w, datasets=datasets, stop_at_step=1)
+    kd.method.temperature = 2.0
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"\(step 1\) with other settings: method.temperature: 4.0 -> 2.0"):
+        train.train_and_evaluate(kd, w, datasets=datasets)
+    kd.method.temperature = 4.0
+    kd.teacher.checkpoint = "last"
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"teacher.checkpoint: 'best' -> 'last'"):
+        train.train_and_evaluate(kd, w, datasets=datasets)
+
+
+def test_more_epochs_need_extend_and_counters_continue(datasets, full, full3, tmp_path):
+    w = _copy(full, tmp_path)
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"of another length: num_epochs: 2 -> 3. To continue it to the "
+                             r"new length add --config.extend=True"):
+        train.train_and_evaluate(_config("ce", num_epochs=3), w, datasets=datasets)
+    with pytest.raises(ValueError, match=r"holds a run at epoch 2 \(step 8\); "
+                                         r"config.num_epochs=1 would shorten it; accepted: "
+                                         r"num_epochs >= 2"):
+        train.train_and_evaluate(_config("ce", num_epochs=1, extend=True), w,
                                  datasets=datasets)
+    res = train.train_and_evaluate(_config("ce", num_epochs=3, extend=True), w,
+                                   datasets=datasets)
+    assert (res["step"], res["epoch"]) == (12, 3.0)
+    assert [(r["step"], r["test/epoch"]) for r in _rows(w, "test")] == [(4, 1), (8, 2),
+                                                                         (12, 3)]
+    assert [r["step"] for r in _rows(w, "train")] == [2, 4, 6, 8, 10, 12]
+    got, meta = _state(w, 12)
+    _assert_same_leaves(got, _state(full3[0], 12)[0])
+    assert meta["epoch"] == 3 and meta["history"][:2] == _state(full[0], 8)[1]["history"]
+    assert res["best_acc"] == max(meta["history"]) == full3[1]["best_acc"]
+    best, best_meta = train.load_student(w, "best")
+    assert best_meta["best_acc"] == res["best_acc"]
+    assert best_meta["step"] == 4 * res["best_epoch"]
+    # Once extended, the same command is a no-op and reports the same numbers.
+    again = train.train_and_evaluate(_config("ce", num_epochs=3, extend=True), w,
+                                     datasets=datasets)
+    assert (again["step"], again["best_acc"]) == (12, res["best_acc"])
+
+
+# ------------------------------------------------------------------- bad values
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("batch_size", 0, "config.batch_size must be an integer >= 1, got 0"),
+    ("num_epochs", 0, "config.num_epochs must be an integer >= 1, got 0"),
+    ("checkpoint_every_epochs", 0, "config.checkpoint_every_epochs must be an integer >= 1, "
+                                   "got 0"),
+    ("checkpoint_every_epochs", -1, "config.checkpoint_every_epochs must be an integer >= 1, "
+                                    "got -1"),
+    ("log_every", 0, "config.log_every must be an integer >= 1, got 0"),
+    ("eval_batch_size", -5, "config.eval_batch_size must be an integer >= 1, got -5"),
+    ("keep_checkpoints", 0, "config.keep_checkpoints must be an integer >= 1, got 0"),
+    ("max_train", -1, "config.max_train must be an integer >= 0, got -1"),
+    ("teacher_map", "pmap", "config.teacher_map must be one of 'auto', 'vmap', 'map'; got "
+                            "'pmap'"),
+    ("max_train", 8, "config.batch_size=16 is larger than the 8 training images "
+                     "(config.max_train); accepted: 1 to 8"),
+])
+def test_bad_values_fail_before_any_work(tmp_path, name, value, expected):
+    w = tmp_path / "w"
+    with pytest.raises(ValueError) as err:
+        train.train_and_evaluate(_config("ce", **{name: value}), str(w),
+                                 datasets=("not", "loaded"))
+    assert str(err.value) == expected
+    assert not w.exists()
+
+
+def test_empty_data_and_too_large_batches_are_refused(datasets, tmp_path):
+    tr, te = datasets
+    empty = tr._replace(images=tr.images[:0], labels=tr.labels[:0])
+    with pytest.raises(ValueError, match=r"^the training split is empty \(0 examples\)"):
+        train.train_and_evaluate(_config("ce"), str(tmp_path / "a"), datasets=(empty, te))
+    with pytest.raises(ValueError, match=r"^the test split is empty"):
+        train.train_and_evaluate(_config("ce"), str(tmp_path / "b"),
+                                 datasets=(tr, te._replace(images=te.images[:0],
+                                                           labels=te.labels[:0])))
+    with pytest.raises(ValueError, match=r"config.batch_size=100 is larger than the 64 "
+                                         r"training examples .*accepted: 1 to 64"):
+        train.train_and_evaluate(_config("ce", batch_size=100), str(tmp_path / "c"),
+                                 datasets=datasets)
+    assert _steps(str(tmp_path / "a")) == _steps(str(tmp_path / "c")) == []
+
+
+# ----------------------------------------------------------- missing teacher: the hint
+
+def test_missing_teacher_hint_keeps_the_config_options_and_workdir(tmp_path):
+    """``python -m jaxkd.train --config=configs/kd/kd.py:tiny`` without its teacher: exit 2
+    with one line whose command trains that teacher with the same options (``:tiny``, not
+    the full CIFAR-100 recipe) into the configured workdir; the command is followed and
+    the teacher it makes is the one kd.py:tiny asks for."""
+    teacher = str(tmp_path / "teacher_s0")
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxkd.train", "--config=configs/kd/kd.py:tiny",
+         f"--workdir={tmp_path / 'kd'}", f"--config.teacher.workdirs=('{teacher}',)"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    hint = (f"train it first with python -m jaxkd.train --config=configs/kd/teacher.py:tiny"
+            f" --workdir={teacher}")
+    assert f"no teacher ('best') checkpoints in '{teacher}'; {hint}" in lines[0], lines[0]
+    assert _steps(str(tmp_path / "kd")) == []
+    # Follow the hint (the command as printed), then the teacher loads for kd.py:tiny.
+    cmd = hint.split("train it first with ")[1].split()
+    done = subprocess.run([sys.executable] + cmd[1:], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 8
+    from configs.kd import kd as kd_config
+    c = kd_config.get_config("tiny")
+    c.teacher.workdirs = (teacher,)
+    with pytest.MonkeyPatch.context() as mp:     # the real model zoo (resnet8)
+        from jaxkd import models
+        mp.setattr(train, "_models", lambda: models)
+        stacked = train.load_teachers(c, (8, 8, 1), 10)
+    assert jax.tree.leaves(stacked)[0].shape[0] == 1
+
+
+def test_hints_for_several_missing_teachers(tmp_path):
+    c = common.make("camkd", "tiny", num_teachers=3)
+    assert [a.rsplit("/", 1)[-1] for a in c.teacher.train_configs] == [
+        "teacher.py:tiny,seed=0", "teacher.py:tiny,seed=1", "teacher.py:tiny,seed=2"]
+    assert common.make("kd", "fashion,seed=2").teacher.train_configs[0].endswith(
+        "teacher.py:fashion,seed=2")
+    assert common.make("kd").teacher.train_configs[0].endswith("configs/kd/teacher.py")
+    c.teacher.workdirs = tuple(str(tmp_path / f"t{i}") for i in range(3))
+    with pytest.raises(FileNotFoundError) as err:
+        train.check_teachers(c)
+    msg = str(err.value)
+    for i in range(3):
+        assert (f"teacher.py:tiny,seed={i} --workdir={tmp_path / f't{i}'}") in msg, msg
 
 
 def test_sharded_step_equals_single_device(datasets):

@@ -9,6 +9,8 @@ Fashion-MNIST-shaped fixture of tests/idx_files.py (sklearn digits upscaled to 2
 import functools
 import json
 import os
+import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from configs.kd import kt as kt_config
 from jaxinfra import checkpoints
 from jaxkd import kt
 from jaxkd.kt import nets
+from jaxkd.kt import pairs as pairs_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -128,7 +131,7 @@ def test_pair_generator_beats_chance(tiny):
     assert acc["direct"]["mean"] > acc["random_init"]["mean"] + 10.0
     assert result["final_train_loss_large"] < np.log(10)
     files = sorted(os.listdir(os.path.join(workdir, "pairs")))
-    assert files == ["train_00000.npz", "val_00000.npz"]
+    assert files == ["settings.json", "train_00000.npz", "val_00000.npz"]
     with open(os.path.join(workdir, "results.json")) as f:
         assert json.load(f)["accuracy"]["direct"] == acc["direct"]
 
@@ -178,6 +181,25 @@ def test_translator_training_lowers_loss(tiny):
     assert after < 0.5 * before, (before, after)
 
 
+def _state(workdir, epoch):
+    mngr = checkpoints.manager(workdir, read_only=True)
+    try:
+        return jax.tree.leaves(checkpoints.read(mngr, epoch, state=None)["state"])
+    finally:
+        mngr.close()
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b) > 0
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+def _metric_steps(workdir, key):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [r["step"] for r in map(json.loads, f) if key in r]
+
+
 def test_resume_is_exact(tiny, tmp_path):
     cfg, workdir, result = tiny
     resumed = str(tmp_path / "resumed")
@@ -186,14 +208,130 @@ def test_resume_is_exact(tiny, tmp_path):
     assert first["epochs_done"] == 1
     second = kt.run(cfg, resumed)
     assert second["epochs_done"] == result["epochs_done"] == 2
-    states = []
-    for w in (workdir, resumed):
-        mngr = checkpoints.manager(w, read_only=True)
-        states.append(checkpoints.read(mngr, 2, state=None)["state"])
-        mngr.close()
-    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
-        np.testing.assert_array_equal(a, b)
+    _assert_same(_state(workdir, 2), _state(resumed, 2))
     assert second["accuracy"]["translated_final"] == result["accuracy"]["translated_final"]
+    assert second["evals"] == result["evals"]          # epoch 1's evaluation is kept
+
+
+# ---------------------------------------------------------------- faults
+def _largest_file(step_dir):
+    files = [p for p in pathlib.Path(step_dir).rglob("*")
+             if p.is_file() and p.name != "integrity.json"]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def _copy(workdir, tmp_path):
+    dst = str(tmp_path / "copy")
+    shutil.copytree(workdir, dst)
+    os.remove(os.path.join(dst, "results.json"))
+    return dst
+
+
+def test_corrupt_checkpoint_and_pair_chunk_are_recovered(tiny, tmp_path):
+    """A bit flip in the last translator checkpoint (epoch 2) and a truncated val pair
+    chunk: the run falls back to epoch 1 and regenerates the chunk, with a warning each,
+    and ends bitwise where the undamaged run did."""
+    cfg, workdir, result = tiny
+    w = _copy(workdir, tmp_path)
+    data = bytearray(_largest_file(os.path.join(w, "checkpoints", "2")).read_bytes())
+    path = _largest_file(os.path.join(w, "checkpoints", "2"))
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    chunk = pathlib.Path(w, "pairs", "val_00000.npz")
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    with pytest.warns(RuntimeWarning) as record:
+        again = kt.run(cfg, w)
+    msgs = [str(r.message) for r in record]
+    assert any(re.search(r"checkpoint step 2 in .* is corrupt \(file .*\); moved to .*"
+                         r"corrupt.*; using step 1", m) for m in msgs), msgs
+    assert any(re.search(r"pair chunk .*val_00000.npz is unreadable \(BadZipFile: .*\); "
+                         r"moved to .*corrupt.*; generating it again", m) for m in msgs), msgs
+    with np.load(chunk) as new, np.load(os.path.join(workdir, "pairs", "val_00000.npz")) as old:
+        assert sorted(new.files) == sorted(old.files)
+        for k in old.files:
+            np.testing.assert_array_equal(new[k], old[k])
+    _assert_same(_state(w, 2), _state(workdir, 2))
+    assert again["accuracy"] == result["accuracy"] and again["evals"] == result["evals"]
+    assert _metric_steps(w, "train/loss") == [1, 2]
+
+
+def test_resume_refuses_other_settings_and_extends_on_request(tiny, tmp_path):
+    cfg, workdir, result = tiny
+    w = _copy(workdir, tmp_path)
+    c = kt_config.get_config("tiny")
+    c.translator.lr = 0.05
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"holds a translator checkpoint \(step 2\) with other settings: "
+                             r"translator.lr: 0.01 -> 0.05. Use a new --workdir"):
+        kt.run(c, w)
+    c = kt_config.get_config("tiny")
+    c.seed, c.augment.noise_std = 1, 0.01
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"other settings: augment.noise_std: 0.0 -> 0.01; seed: 0 -> 1"):
+        kt.run(c, w)
+    c = kt_config.get_config("tiny")
+    c.translator.epochs = 3
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"another length: translator.epochs: 2 -> 3. To continue it to "
+                             r"the new length add --config.extend=True"):
+        kt.run(c, w)
+    c.extend = True
+    longer = kt.run(c, w)
+    assert longer["epochs_done"] == 3
+    assert [e["epoch"] for e in longer["evals"]] == [1, 2, 3]
+    assert longer["evals"][:2] == result["evals"]
+    assert _metric_steps(w, "train/loss") == [1, 2, 3]
+    mngr = checkpoints.manager(w, read_only=True)
+    state = checkpoints.read(mngr, 3, state=None)["state"]
+    mngr.close()
+    assert (int(state["epoch"]), int(state["step"])) == (3, 3)      # 1 step per epoch
+    c.translator.epochs = 2
+    with pytest.raises(ValueError, match=r"trained for 3 epochs; translator.epochs=2 would "
+                                         r"shorten it; accepted: translator.epochs >= 3"):
+        kt.run(c, w)
+
+
+def test_saved_pairs_of_other_settings_are_refused(tiny, tmp_path):
+    cfg, workdir, _ = tiny
+    w = str(tmp_path / "w")
+    shutil.copytree(os.path.join(workdir, "pairs"), os.path.join(w, "pairs"))
+    c = kt_config.get_config("tiny")
+    c.seed, c.pairs.lr = 3, 0.02
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"pairs' holds pairs generated with other settings: pairs.lr: "
+                             r"0.01 -> 0.02; seed: 0 -> 3"):
+        kt.run(c, w)
+    assert sorted(os.listdir(os.path.join(w, "pairs"))) == [
+        "settings.json", "train_00000.npz", "val_00000.npz"]
+
+
+def test_nan_stops_training_and_nothing_is_saved(tiny, tmp_path, monkeypatch):
+    cfg, workdir, _ = tiny
+    w = str(tmp_path / "w")
+    shutil.copytree(os.path.join(workdir, "pairs"), os.path.join(w, "pairs"))
+    c = kt_config.get_config("tiny")
+    c.translator.lr = float("nan")                   # --config.translator.lr=nan
+    with pytest.raises(checkpoints.NonFiniteError,
+                       match=r"translator training \(epoch 1\) stopped at step 1: "
+                             r"params_norm is nan; nothing was saved"):
+        kt.run(c, w)
+    assert not os.path.isdir(os.path.join(w, "checkpoints")) or not [
+        d for d in os.listdir(os.path.join(w, "checkpoints")) if d.isdigit()]
+    # Pair generation: a chunk whose training ended in NaN is not saved.
+    real = pairs_lib.generate_pairs
+
+    def diverged(*args, **kw):
+        out = real(*args, **kw)
+        return dict(out, loss_large=out["loss_large"].at[3].set(jnp.nan))
+
+    monkeypatch.setattr(pairs_lib, "generate_pairs", diverged)
+    x, y, _, _ = kt.load_data(cfg)
+    fresh = str(tmp_path / "fresh")
+    with pytest.raises(checkpoints.NonFiniteError,
+                       match=r"pair generation stopped at val chunk 0: loss_large of pair\(s\) "
+                             r"\[3\] is nan; nothing was saved"):
+        kt.pair_set(cfg, "val", jnp.asarray(x), jnp.asarray(y), fresh, progress=False)
+    assert os.listdir(os.path.join(fresh, "pairs")) == ["settings.json"]
 
 
 def test_cli_reports_a_finished_run(tiny, tmp_path):
@@ -242,3 +380,35 @@ def test_bad_options_name_the_valid_ones(tmp_path):
         kt.augment(jax.random.PRNGKey(0), jnp.ones((1, 72, 9)), jnp.ones((1, 36, 9)),
                    kt.AugmentConfig(noise_std=0.1, noise_target="input"))
     assert not os.path.exists(tmp_path / "a" / "pairs")   # failed before any work
+
+
+@pytest.mark.parametrize("name,value", [
+    ("translator.epochs", 0), ("translator.batch_size", 0), ("checkpoint_every", 0),
+    ("checkpoint_every", -1), ("eval_every", -1), ("pairs.steps_large", 0),
+    ("keep_checkpoints", 0), ("eval_batch_size", 0)])
+def test_bad_values_fail_before_any_work(tmp_path, name, value):
+    cfg = kt_config.get_config("tiny")
+    node, *rest = name.split(".")
+    if rest:
+        cfg[node][rest[0]] = value
+    else:
+        cfg[name] = value
+    minimum = 0 if name == "eval_every" else 1
+    with pytest.raises(ValueError) as err:
+        kt.run(cfg, str(tmp_path / "w"))
+    assert str(err.value) == f"config.{name} must be an integer >= {minimum}, got {value}"
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_empty_data_fails_before_any_pair(tmp_path, monkeypatch):
+    from jaxkd.kt import data as kt_data
+    real = kt_data.load_data
+
+    def empty_train(config):
+        x, y, tx, ty = real(config)
+        return x[:0], y[:0], tx, ty
+
+    monkeypatch.setattr(kt_data, "load_data", empty_train)
+    with pytest.raises(ValueError, match=r"^the training split is empty \(0 images\)"):
+        kt.run(kt_config.get_config("tiny"), str(tmp_path / "w"))
+    assert os.listdir(tmp_path / "w" / "pairs") == ["settings.json"]
