@@ -16,7 +16,7 @@ parameters on both sides.
 Timing: the JAX step is one ``jax.jit`` (state donated); its compile time is the
 ahead-of-time ``lower(...).compile()`` time. After one warm-up call per side, calls of
 ``--steps`` steps alternate between JAX, torch with N threads and torch with 1 thread
-(``time_interleaved`` of the k-diffusion benchmark; the order rotates) and every JAX call
+(``benchmarks.timing.time_interleaved``; the order rotates) and every JAX call
 ends in ``block_until_ready``; the reported step time is the median over calls divided by
 ``--steps``.
 ``ratio = torch_step_s / jax_step_s`` (> 1: JAX faster). XLA's CPU backend runs its
@@ -40,11 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.kdiffusion_vs_jaxdiff import (
-    _cpu_ticks,
-    _version,
+from benchmarks.timing import (
     cpu_busy_fraction,
+    cpu_ticks,
     others_busy_fraction,
+    package_version,
     time_interleaved,
 )
 from jaxkd import models
@@ -273,9 +273,9 @@ def run(out: str, quick: bool = False, steps: int = 2, rounds: int = 5, batch: i
         if call is not jax_call:
             call()                                     # warm-up
     torch.set_num_threads(threads)
-    ticks = _cpu_ticks()
+    ticks = cpu_ticks()
     times = time_interleaved(calls, min_repeats=rounds, max_repeats=rounds, min_total_s=0.0)
-    busy_during = others_busy_fraction(ticks, _cpu_ticks())
+    busy_during = others_busy_fraction(ticks, cpu_ticks())
     torch.set_num_threads(threads)
     jax_s, torch_s = times["jax"][0] / steps, times["torch"][0] / steps
     t1_s = times["torch_1thread"][0] / steps if "torch_1thread" in times else torch_s
@@ -295,8 +295,9 @@ def run(out: str, quick: bool = False, steps: int = 2, rounds: int = 5, batch: i
         agreement=check, quick=quick,
         env=dict(python=platform.python_version(), platform=platform.platform(),
                  processor=platform.processor() or platform.machine(), cpus_available=cores,
-                 jax=jax.__version__, jaxlib=_version("jaxlib"), flax=_version("flax"),
-                 optax=_version("optax"), torch=torch.__version__,
+                 jax=jax.__version__, jaxlib=package_version("jaxlib"),
+                 flax=package_version("flax"), optax=package_version("optax"),
+                 torch=torch.__version__,
                  jax_device=f"{dev.platform}: {dev.device_kind}",
                  torch_num_threads=torch.get_num_threads(),
                  torch_default_num_threads=torch_default_threads,

@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
-import importlib.metadata
 import importlib.util
 import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 import types
@@ -43,6 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxdiff
+from benchmarks.timing import cpu_busy_fraction, others_busy_fraction, time_interleaved
+from benchmarks.timing import cpu_ticks as _cpu_ticks
+from benchmarks.timing import package_version as _version
 from jaxdiff import denoisers
 
 # name -> (k-diffusion sampler, jaxdiff solver, jaxdiff options).
@@ -256,44 +257,6 @@ def float64_agreement(kds, gmm, nfe: int, batch: int = 64, seed: int = 0) -> dic
     return out
 
 
-def _cpu_ticks():
-    """(busy, total) clock ticks of all CPUs and this process's own (user + system)
-    ticks, from /proc (Linux); None elsewhere."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:9]]
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        own = int(fields[11]) + int(fields[12])          # utime + stime
-    except (OSError, ValueError, IndexError):
-        return None
-    total = sum(v)
-    return total - v[3] - v[4], total, own
-
-
-def cpu_busy_fraction(interval_s: float = 1.0) -> float | None:
-    """Fraction of all CPUs busy over ``interval_s`` (Linux), else None.
-
-    Taken before the run starts: other processes competing for the CPUs make both
-    sides' timings (torch's most: its threads wait on each other) meaningless.
-    """
-    a = _cpu_ticks()
-    time.sleep(interval_s)
-    b = _cpu_ticks()
-    if a is None or b is None:
-        return None
-    return (b[0] - a[0]) / max(b[1] - a[1], 1)
-
-
-def others_busy_fraction(start, end) -> float | None:
-    """Fraction of all CPUs that processes other than this one kept busy between two
-    ``_cpu_ticks()`` readings (ideally ~0 for the timings to mean anything)."""
-    if start is None or end is None:
-        return None
-    busy, total, own = (e - s for s, e in zip(start, end))
-    return max(busy - own, 0) / max(total, 1)
-
-
 def compare_solver(kds, name: str, gmm, batch: int, nfe: int, seed: int = 0,
                    torch_model=None, jax_denoiser=None) -> dict:
     """One agreement run of solver ``name`` (a key of SOLVERS) at ``batch``.
@@ -318,30 +281,6 @@ def compare_solver(kds, name: str, gmm, batch: int, nfe: int, seed: int = 0,
 
 
 # -------------------------------------------------------------------------- timing
-
-
-def time_interleaved(fns: dict, *, min_repeats: int, max_repeats: int,
-                     min_total_s: float) -> dict:
-    """Times several callables in alternation; returns {name: (median_s, min_s, repeats)}.
-
-    Each round calls every function once (the order rotates between rounds), so a
-    slowdown of the machine during the measurement hits all sides alike. Rounds go on
-    until ``min_repeats`` are done and either all calls together took ``min_total_s``
-    or ``max_repeats`` rounds ran.
-    """
-    names = list(fns)
-    times = {n: [] for n in names}
-    rounds, total = 0, 0.0
-    while rounds < min_repeats or (total < min_total_s and rounds < max_repeats):
-        k = rounds % len(names)
-        for n in names[k:] + names[:k]:
-            t0 = time.perf_counter()
-            fns[n]()
-            dt = time.perf_counter() - t0
-            times[n].append(dt)
-            total += dt
-        rounds += 1
-    return {n: (statistics.median(t), min(t), len(t)) for n, t in times.items()}
 
 
 def _sample_positional(denoise_fn, x, sigmas, *, solver, options):
@@ -415,13 +354,6 @@ def benchmark_case(kds, name: str, gmm, batch: int, nfe: int, *, torch_model, ja
 
 
 # ----------------------------------------------------------------------- reporting
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def environment(kd_how: str) -> dict:

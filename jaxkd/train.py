@@ -28,12 +28,21 @@ Re-running with the same workdir resumes; batch order, augmentation and every up
 depend only on (seed, step), so a resumed run ends with the same parameters as an
 uninterrupted one. The reported accuracy is the best epoch's (the lineage's convention)
 together with the last epoch's.
+
+Faults (tests/jaxkd/test_kd_train.py injects each): a corrupt checkpoint is moved to
+``checkpoints/corrupt/<step>`` with a warning and the newest good one resumed (teachers
+and ``best/`` are read the same way); a NaN/inf loss or metric stops the run
+(``NonFiniteError``) and nothing non-finite is saved; a checkpoint of other settings
+(:func:`settings`) is refused, listing every difference, and ``--config.extend=True``
+continues a run to a larger ``num_epochs``; bad config values are errors before any work
+(:func:`check_config`); a missing teacher's error gives the command that trains it.
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+import shlex
 import time
 from typing import Any, NamedTuple
 
@@ -45,15 +54,16 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from jaxinfra import checkpoints
+from jaxinfra import checkpoints, finite
 from jaxinfra import mesh as mesh_lib
 from jaxinfra.metrics import MetricsLog
 from jaxkd import data as data_lib
-from jaxkd import losses, methods
+from jaxkd import guards, losses, methods
 
 __all__ = ["TrainState", "StepConfig", "make_optimizer", "init_state", "train_step",
            "loss_and_grads", "eval_step", "evaluate", "load_student", "load_teachers",
-           "stack_variables", "build", "train_and_evaluate"]
+           "check_teachers", "stack_variables", "build", "check_config", "settings",
+           "train_and_evaluate"]
 
 
 class TrainState(struct.PyTreeNode):
@@ -278,26 +288,69 @@ def _abstract_variables(model, input_shape):
                                                             jnp.float32), train=False)))
 
 
-def load_student(workdir: str, which: str = "best"):
+DEFAULT_HINT = ("train it first with python -m jaxkd.train --config=configs/kd/teacher.py "
+                "--workdir={workdir}")
+
+
+def _open_best_from_last(workdir: str):
+    """``(mngr, step)`` of the best epoch's checkpoint in ``checkpoints/`` (it holds the
+    same ``student``), for a workdir whose ``best/`` has no good checkpoint; else None."""
+    if not os.path.isdir(os.path.join(workdir, LAST_SUBDIR)):
+        return None
+    mngr = checkpoints.manager(workdir, subdir=LAST_SUBDIR)
+    last = checkpoints.latest_good(mngr)
+    if last is not None:
+        meta = checkpoints.read_meta(mngr, last)
+        best = int(meta.get("best_step", 0) or 0)
+        if best and best in mngr.all_steps() and checkpoints.verify(mngr, best) is None:
+            guards.warn(f"{workdir!r} has no good best/ checkpoint; using the best epoch's "
+                        f"(epoch {meta.get('best_epoch')}, step {best}) checkpoint in "
+                        f"{os.path.join(workdir, LAST_SUBDIR)!r}")
+            return mngr, best
+    mngr.close()
+    return None
+
+
+def load_student(workdir: str, which: str = "best", *, hint: str | None = None):
     """A trained model's variables from a :mod:`jaxkd.train` workdir.
+
+    Every read goes through :func:`jaxinfra.checkpoints.open_latest`: a corrupt newest
+    step is moved to ``corrupt/`` with a warning and the newest good one is used. When
+    ``best/`` holds no good checkpoint, the best epoch's checkpoint in ``checkpoints/``
+    (same student) is used, with a warning, if it is still kept.
 
     Args:
       workdir: the run folder.
       which: "best" (the best test epoch) or "last" (the latest checkpoint).
+      hint: how to make the checkpoint, for the error (default: the teacher command for
+        ``workdir``).
 
     Returns:
       (variables {"params", "batch_stats"}, meta dict with model, num_classes,
       input_shape, dataset, method, best_acc, ...).
 
     Raises:
-      ValueError: bad ``which``. FileNotFoundError: no checkpoint there.
+      ValueError: bad ``which``. FileNotFoundError: no good checkpoint there.
     """
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    mngr, step = checkpoints.open_latest(
-        workdir, subdir=BEST_SUBDIR if which == "best" else LAST_SUBDIR,
-        what=f"{which!r}", hint="train it first with python -m jaxkd.train "
-        f"--config=configs/kd/teacher.py --workdir={workdir}")
+    hint = hint or DEFAULT_HINT.format(workdir=shlex.quote(workdir))
+    subdir = BEST_SUBDIR if which == "best" else LAST_SUBDIR
+    try:
+        mngr, step = checkpoints.open_latest(workdir, subdir=subdir, what=f"{which!r}",
+                                             hint=hint)
+    except FileNotFoundError:
+        found = _open_best_from_last(workdir) if which == "best" else None
+        if found is None:
+            corrupt = os.path.join(workdir, subdir, checkpoints.CORRUPT_SUBDIR)
+            if os.path.isdir(corrupt):
+                raise FileNotFoundError(
+                    f"the {which} checkpoints of {workdir!r} are corrupt (moved to "
+                    f"{corrupt!r}) and no good copy is left; use "
+                    "--config.teacher.checkpoint=last if that is good, or retrain it "
+                    f"({hint})") from None
+            raise
+        mngr, step = found
     try:
         meta = checkpoints.read_meta(mngr, step)
         model = _models().create(meta["model"], num_classes=int(meta["num_classes"]))
@@ -314,16 +367,55 @@ def stack_variables(variables_list):
     return jax.tree.map(lambda *x: np.stack([np.asarray(a) for a in x]), *variables_list)
 
 
+def _teacher_hint(config, index: int, workdir: str) -> str:
+    """The command that trains teacher ``index`` of ``config`` into ``workdir``: the
+    teacher config argument recorded by configs/kd/common.py (the user's options, e.g.
+    ``configs/kd/teacher.py:tiny``), else the default recipe's."""
+    args = tuple(config.teacher.get("train_configs", ()) or ())
+    arg = args[min(index, len(args) - 1)] if args else "configs/kd/teacher.py"
+    return (f"train it first with python -m jaxkd.train --config={shlex.quote(arg)} "
+            f"--workdir={shlex.quote(workdir)}")
+
+
+def check_teachers(config) -> None:
+    """Checks that every teacher of ``config.teacher.workdirs`` has a checkpoint, before
+    any data is loaded (corrupt steps are moved aside by ``open_latest``).
+
+    Raises:
+      FileNotFoundError: naming each missing teacher and the command that trains it.
+    """
+    which = config.teacher.checkpoint
+    missing = []
+    for i, w in enumerate(config.teacher.workdirs):
+        hint = _teacher_hint(config, i, w)
+        try:
+            mngr, _ = checkpoints.open_latest(
+                w, subdir=BEST_SUBDIR if which == "best" else LAST_SUBDIR,
+                what=f"teacher ({which!r})", hint=hint)
+            mngr.close()
+        except FileNotFoundError as err:
+            if which == "best" and (found := _open_best_from_last(w)) is not None:
+                found[0].close()
+                continue
+            missing.append(str(err))
+    if missing:
+        raise FileNotFoundError("; ".join(missing))
+
+
 def load_teachers(config, input_shape, num_classes):
     """Loads and stacks the teachers named by ``config.teacher.workdirs``.
 
     Raises:
+      FileNotFoundError: a teacher without a good checkpoint (the message gives the
+        command that trains it, with the user's config options and workdir).
       ValueError: a checkpoint whose architecture, number of classes or input shape
         does not match the config (the message names both).
     """
+    check_teachers(config)
     out = []
-    for w in config.teacher.workdirs:
-        variables, meta = load_student(w, config.teacher.checkpoint)
+    for i, w in enumerate(config.teacher.workdirs):
+        variables, meta = load_student(w, config.teacher.checkpoint,
+                                       hint=_teacher_hint(config, i, w))
         want = {"model": config.teacher.model, "num_classes": int(num_classes),
                 "input_shape": list(input_shape)}
         got = {k: meta.get(k) for k in want}
@@ -332,7 +424,6 @@ def load_teachers(config, input_shape, num_classes):
                              f"for {want} (config.teacher.model / dataset)")
         out.append(variables)
     return stack_variables(out)
-
 
 # ------------------------------------------------------------------------------ setup
 
@@ -457,13 +548,119 @@ def build(config, input_shape, num_classes, steps_per_epoch, *, teacher_vars=Non
 
 
 def _run_meta(config, input_shape, num_classes) -> dict:
-    """What a checkpoint records about its run (and what a resume must match)."""
+    """What a checkpoint records about its run: the model (to rebuild it as a teacher)
+    and every setting that changes results (a resume must match them)."""
     uses_teacher = methods.get(config.method.name).teachers != 0
     return {"model": config.student, "num_classes": int(num_classes),
             "input_shape": list(input_shape), "dataset": config.dataset,
             "method": config.method.name,
             "teacher": config.teacher.model if uses_teacher else None,
-            "seed": int(config.seed)}
+            "seed": int(config.seed), "settings": settings(config)}
+
+
+#: Config fields that do not change what a run computes, besides
+#: :data:`jaxinfra.checkpoints.RUN_ONLY_FIELDS` (logging, checkpoint frequency, progress,
+#: extend): where the data files are, how evaluation is batched, the device count and
+#: how the teachers are looped over (the same numbers either way), and the hint that
+#: trains a missing teacher.
+SETTINGS_IGNORE = ("checkpoint_every_epochs", "eval_batch_size", "num_devices",
+                   "teacher_map", "data_source", "data_dir", "teacher.train_configs")
+
+
+def settings(config) -> dict:
+    """The settings of ``config`` that change results (recorded in every checkpoint's
+    meta and compared on resume)."""
+    return checkpoints.settings(config, ignore=SETTINGS_IGNORE)
+
+
+def _legacy_meta(config) -> dict:
+    """What checkpoints written before settings were recorded can be compared on."""
+    uses_teacher = methods.get(config.method.name).teachers != 0
+    return {"model": config.student, "method": config.method.name,
+            "dataset": config.dataset, "seed": int(config.seed),
+            "teacher": config.teacher.model if uses_teacher else None}
+
+
+def check_config(config) -> None:
+    """Raises a ValueError naming the bad value and the accepted ones, before any data is
+    loaded or anything is compiled."""
+    for name in ("batch_size", "num_epochs", "checkpoint_every_epochs", "log_every",
+                 "eval_batch_size", "keep_checkpoints"):
+        guards.check_int(config, name, 1)
+    for name in ("max_train", "max_test", "num_devices", "augment.pad", "seed"):
+        guards.check_int(config, name, 0)
+    guards.check_choice(config, "teacher.checkpoint", ("best", "last"))
+    guards.check_choice(config, "teacher_map", ("auto", "vmap", "map"))
+    guards.check_choice(config, "data_source", ("auto", "offline", "tfds"))
+    methods.get(config.method.name)                 # unknown names list the valid ones
+    if 0 < int(config.max_train) < int(config.batch_size):
+        raise ValueError(f"config.batch_size={config.batch_size} is larger than the "
+                         f"{config.max_train} training images (config.max_train); accepted: "
+                         f"1 to {config.max_train}")
+
+
+def _check_data(train, test, bsz: int, drop_last: bool) -> int:
+    """Steps per epoch; a ValueError for an empty split or a batch larger than the data."""
+    for name, split in (("training", train), ("test", test)):
+        if split.images.shape[0] == 0:
+            raise ValueError(f"the {name} split is empty (0 examples); check "
+                             "config.dataset, config.max_train/max_test and the data files")
+        if split.images.shape[0] != split.labels.shape[0]:
+            raise ValueError(f"the {name} split has {split.images.shape[0]} images but "
+                             f"{split.labels.shape[0]} labels")
+    n = train.images.shape[0]
+    spe = n // bsz if drop_last else -(-n // bsz)
+    if spe < 1:
+        raise ValueError(f"config.batch_size={bsz} is larger than the {n} training "
+                         f"examples (an epoch would have no batch); accepted: 1 to {n}")
+    if not drop_last and n % bsz:
+        raise ValueError("drop_last=False with a ragged last batch is not supported "
+                         "(shapes must stay static); use drop_last=True")
+    return spe
+
+
+def _check_newer_best(best_mngr, start: int, asked: dict, workdir: str) -> None:
+    """Refuses best/ steps newer than the resumed step that were written with other
+    settings (a workdir reused for another run). Newer steps of this run stay: they are
+    the best of epochs this run trains again, and are replaced when it saves a best at
+    or before them."""
+    for step in sorted(best_mngr.all_steps()):
+        if step <= start or checkpoints.verify(best_mngr, step) is not None:
+            continue
+        saved = checkpoints.read_meta(best_mngr, step)
+        if "settings" in saved:                 # (older checkpoints do not record them)
+            diffs = [d for d in checkpoints.differences(saved["settings"], asked)
+                     if d.split(":")[0] != "num_epochs"]
+            if diffs:
+                raise checkpoints.SettingsMismatchError(
+                    f"{workdir!r} holds a best/ checkpoint (step {step}) with other "
+                    f"settings: {'; '.join(diffs)}. Use a new --workdir")
+
+
+def _restore_best(best_mngr, mngr, meta: dict, start: int, template, workdir: str) -> None:
+    """Makes best/ hold the best student: the one of ``meta["best_step"]``, or one of an
+    epoch after ``start`` (kept from before a fallback; this run trains that epoch
+    again). A corrupt one is moved aside (``latest_good``) and copied back from
+    checkpoints/ when that step is kept there; otherwise the best is tracked again from
+    the next epoch on, with a warning."""
+    want = int(meta.get("best_step", 0) or 0)
+    have = checkpoints.latest_good(best_mngr)
+    if have == want or not want or (have is not None and have > start):
+        return
+    if have is not None:
+        best_mngr.delete(have)
+    if want in mngr.all_steps() and checkpoints.verify(mngr, want) is None:
+        saved = checkpoints.read_meta(mngr, want)
+        student = checkpoints.read(mngr, want, student=template)["student"]
+        checkpoints.save(best_mngr, want, meta=saved, force=True, student=student)
+        guards.warn(f"best/ of {workdir!r} had no good checkpoint of the best epoch "
+                    f"{meta['best_epoch']}; restored it from checkpoints/ step {want}")
+        return
+    guards.warn(f"the best student of {workdir!r} (epoch {meta['best_epoch']}, test "
+                f"accuracy {meta['best_acc']:.4f}) is lost (corrupt, and checkpoints/ no "
+                "longer keeps that epoch); best/ and best_acc now follow the epochs "
+                "trained from here on")
+    meta.update(best_acc=-1.0, best_epoch=0, best_step=0)
 
 
 # ------------------------------------------------------------------------------- main
@@ -482,6 +679,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
                        teacher_vars=None, datasets=None, mesh=None) -> dict:
     """Trains (or resumes) and evaluates on the test split after every epoch.
 
+    A resume restores the newest good checkpoint (a corrupt newer one is moved to
+    ``checkpoints/corrupt/<step>`` with a warning) and refuses one written with other
+    settings, listing every difference; ``config.extend=True`` continues a run to a
+    larger ``num_epochs`` (step and epoch counters go on, best accuracy is kept). The
+    loss and every metric are checked for NaN/inf before each log, evaluation and save.
+
     Args:
       config: a ``configs/kd/*.py`` ConfigDict.
       workdir: output folder; an existing checkpoint there is resumed.
@@ -494,55 +697,102 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     Returns:
       dict: best_acc, best_epoch, last_acc (test top-1, fractions), epoch, step,
       train_loss (last logged), wall_seconds, num_params (student), steps_per_epoch.
-    """
-    from tqdm import tqdm
 
-    methods.get(config.method.name)                      # bad names fail before loading
-    train, test = datasets if datasets is not None else load_data(config)
-    n = train.images.shape[0]
-    bsz = int(config.batch_size)
-    spe = n // bsz if config.drop_last else -(-n // bsz)
-    if spe < 1:
-        raise ValueError(f"batch_size {bsz} is larger than the {n} training examples")
-    if not config.drop_last and n % bsz:
-        raise ValueError("drop_last=False with a ragged last batch is not supported "
-                         "(shapes must stay static); use drop_last=True")
-    fill = tuple(-m / s for m, s in zip(train.mean, train.std))   # black, normalised
-    meta = dict(_run_meta(config, train.images.shape[1:], train.num_classes), history=[],
-                best_acc=-1.0, best_epoch=0)
+    Raises:
+      ValueError: a bad config value or data set (before any work).
+      SettingsMismatchError: ``workdir`` holds a run of other settings.
+      FileNotFoundError: a teacher has no checkpoint (the message gives the command).
+      NonFiniteError: the loss or a metric became NaN or inf (nothing non-finite is
+        saved; the last good checkpoint is kept).
+    """
+    check_config(config)
+    extend = bool(config.get("extend", False))
+    asked = settings(config)
     os.makedirs(workdir, exist_ok=True)
     mngr = checkpoints.manager(workdir, subdir=LAST_SUBDIR, keep=int(config.keep_checkpoints))
-    start = checkpoints.latest_good(mngr)      # a corrupt newest step is moved aside
-    saved = None
-    if start is not None:        # checked before anything is built or compiled
-        saved = checkpoints.read_meta(mngr, start)
-        for k in ("model", "method", "num_classes", "input_shape", "teacher"):
-            if saved.get(k) != meta.get(k):
-                mngr.close()
-                raise ValueError(f"{workdir!r} holds a checkpoint with {k}="
-                                 f"{saved.get(k)!r}, the config has {meta.get(k)!r}; "
-                                 "use a new workdir")
+    best_mngr = checkpoints.manager(workdir, subdir=BEST_SUBDIR, keep=1)
+    try:
+        return _train(config, workdir, mngr, best_mngr, asked, extend, stop_at_step,
+                      teacher_vars, datasets, mesh)
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        best_mngr.close()
+
+
+def _train(config, workdir, mngr, best_mngr, asked, extend, stop_at_step, teacher_vars,
+           datasets, mesh) -> dict:
+    """The body of :func:`train_and_evaluate` (which closes the managers)."""
+    from tqdm import tqdm
+
+    # Checked before any data is loaded or anything compiled.
+    _, saved = guards.check_resumable(mngr, asked, length_key="num_epochs", extend=extend,
+                                      what="model", workdir=workdir,
+                                      legacy=_legacy_meta(config))
+    if teacher_vars is None and methods.get(config.method.name).teachers != 0:
+        check_teachers(config)
+    train, test = datasets if datasets is not None else load_data(config)
+    bsz = int(config.batch_size)
+    spe = _check_data(train, test, bsz, bool(config.drop_last))
+    n = train.images.shape[0]
+    data_meta = {"steps_per_epoch": spe, "train_examples": int(n),
+                 "test_examples": int(test.images.shape[0])}
+    total = int(config.num_epochs) * spe
+    if saved is not None:
+        changed = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in data_meta.items()
+                   if k in saved and saved[k] != v]
+        if changed:
+            raise checkpoints.SettingsMismatchError(
+                f"{workdir!r} holds a checkpoint of other data: {'; '.join(changed)}. "
+                "Use a new --workdir, or the data it was trained on")
+        if int(saved["step"]) > total:
+            raise ValueError(
+                f"{workdir!r} holds a run at epoch {saved['step'] / spe:g} (step "
+                f"{saved['step']}); config.num_epochs={config.num_epochs} would shorten "
+                f"it; accepted: num_epochs >= {-(-int(saved['step']) // spe)}, or a "
+                "new --workdir")
+    fill = tuple(-m / s for m, s in zip(train.mean, train.std))   # black, normalised
     setup = build(config, train.images.shape[1:], train.num_classes, spe,
                   teacher_vars=teacher_vars, mesh=mesh, fill=fill)
-    cfg, state, t_vars, mesh = setup.cfg, setup.state, setup.teacher_vars, setup.mesh
+    cfg, t_vars, mesh = setup.cfg, setup.teacher_vars, setup.mesh
+    meta = dict(setup.meta, **data_meta, history=[], best_acc=-1.0, best_epoch=0,
+                best_step=0)
+    state, start = checkpoints.resume(mngr, setup.state, meta, what="model",
+                                      workdir=workdir,     # legacy meta: checked above
+                                      key=lambda m: m.get("settings", asked),
+                                      extend_keys=("num_epochs",), extend=extend)
+    if start:
+        saved = checkpoints.read_meta(mngr, start)
+        if int(state.step) != start or int(saved["step"]) != start:
+            raise ValueError(f"{workdir!r}: checkpoint step {start} holds a state at step "
+                             f"{int(state.step)} (meta: {saved['step']}); use a new --workdir")
+        meta.update(history=list(saved["history"]), best_acc=float(saved["best_acc"]),
+                    best_epoch=int(saved["best_epoch"]),
+                    best_step=int(saved.get("best_step", int(saved["best_epoch"]) * spe)))
     batch_sh = mesh_lib.sharded(mesh)
-    total = int(config.num_epochs) * spe
     end = total if stop_at_step is None else min(int(stop_at_step), total)
     key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 2)
-    best_mngr = checkpoints.manager(workdir, subdir=BEST_SUBDIR, keep=1)
-    if saved is not None:
-        state = checkpoints.read(mngr, start, state=state)["state"]
-        meta.update({k: saved[k] for k in ("history", "best_acc", "best_epoch")})
-    start = int(start or 0)
     models = _models()
     num_params = int(models.count_params(state.params["student"]))
 
     def student_vars(s):
         return {"params": s.params["student"], "batch_stats": s.batch_stats["student"]}
 
+    _check_newer_best(best_mngr, start, asked, workdir)
+    _restore_best(best_mngr, mngr, meta, start, student_vars(setup.state), workdir)
+    guards.truncate_metrics(workdir, start)
+
     def save(step, s, epoch):
         checkpoints.save(mngr, step, meta=dict(meta, step=step, epoch=epoch), force=True,
                          state=s, student=student_vars(s))
+
+    unchecked = []           # per-step metrics not yet checked for NaN/inf
+
+    def check_finite(first_step):
+        if unchecked:
+            finite.check_rows(first_step, jax.device_get(unchecked),
+                              what=f"{config.method.name} training")
+            unchecked.clear()
 
     t0 = time.perf_counter()
     acc, last, t_log = [], {}, time.perf_counter()
@@ -559,8 +809,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
             y = jax.device_put(train.labels[idx], batch_sh)
             state, metrics = train_step(state, t_vars, x, y, key, cfg=cfg)
             acc.append(metrics)
+            unchecked.append(metrics)
             done = step + 1
             if done % int(config.log_every) == 0 or done == end:
+                check_finite(done - len(unchecked) + 1)
                 host = jax.device_get(acc)
                 now = time.perf_counter()
                 row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -570,12 +822,17 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 acc, t_log = [], now
             if done % spe == 0:
+                check_finite(done - len(unchecked) + 1)
                 epoch = done // spe
                 ev = evaluate(cfg.student, student_vars(state), test,
                               int(config.eval_batch_size), mesh)
+                finite.check(done, {"test/loss": ev["loss"]}, what="evaluation")
                 meta["history"].append(ev["acc"])
                 if ev["acc"] > meta["best_acc"]:
-                    meta["best_acc"], meta["best_epoch"] = ev["acc"], epoch
+                    meta.update(best_acc=ev["acc"], best_epoch=epoch, best_step=done)
+                    for s in best_mngr.all_steps():       # from before a fallback
+                        if s >= done:
+                            best_mngr.delete(s)
                     checkpoints.save(best_mngr, done, force=True,
                                      meta=dict(meta, step=done, epoch=epoch),
                                      student=student_vars(state))
@@ -585,11 +842,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
                 if epoch % int(config.checkpoint_every_epochs) == 0 or done == end:
                     save(done, state, epoch)
             elif done == end:
+                check_finite(done - len(unchecked) + 1)
                 save(done, state, done / spe)
             bar.update(1)
-    mngr.wait_until_finished()
-    mngr.close()
-    best_mngr.close()
     return {"best_acc": meta["best_acc"], "best_epoch": meta["best_epoch"],
             "last_acc": meta["history"][-1] if meta["history"] else None,
             "epoch": end / spe, "step": end,

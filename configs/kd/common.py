@@ -15,7 +15,12 @@ exclude each other):
   tiny     scikit-learn digits, 256 images, 1 epoch of batch 32, resnet8 teacher and
            student (smoke tests; seconds).
   seed=N   seed N (also picks teacher workdir ..._sN for single-teacher methods).
+
+Resuming a workdir with other settings is refused; ``--config.extend=True`` continues a
+finished run to a larger ``--config.num_epochs``.
 """
+import os
+
 import ml_collections
 
 from jaxinfra import config_args
@@ -40,6 +45,22 @@ def teacher_dirs(flags, k, seed):
     return tuple(f"{root}/teacher_s{i}" for i in range(k))
 
 
+def teacher_configs(arg, k):
+    """The ``--config`` argument that trains each default teacher (``teacher_dirs``), for
+    the hint printed when one is missing: configs/kd/teacher.py with the user's options
+    (``configs/kd/teacher.py:tiny`` for ``kd.py:tiny``); with k > 1 teachers, teacher i
+    gets ``seed=i``. The path is relative to the working directory when it lies below it."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher.py")
+    rel = os.path.relpath(path)
+    path = path if rel.startswith("..") else rel
+    arg = (arg or "").strip()
+    if k == 1:
+        return (f"{path}:{arg}" if arg else path,)
+    args = parse(arg)
+    words = [w for w in OPTIONS if w in args.flags]
+    return tuple(f"{path}:{','.join(words + [f'seed={i}'])}" for i in range(k))
+
+
 def make(method: str, arg=None, *, num_teachers: int = 1, defaults=None):
     """The ConfigDict of ``method`` under the options in ``arg`` (see module doc)."""
     from jaxkd import methods
@@ -59,6 +80,8 @@ def make(method: str, arg=None, *, num_teachers: int = 1, defaults=None):
         "model": "resnet32x4",
         "workdirs": teacher_dirs(flags, num_teachers, seed) if m.teachers else (),
         "checkpoint": "best",       # best | last
+        # how to train each teacher (the hint when one is missing; not a setting)
+        "train_configs": teacher_configs(arg, num_teachers) if m.teachers else (),
     })
     c.method = ml_collections.ConfigDict({"name": method, **m.defaults, **(defaults or {})})
     c.batch_size = 64
@@ -74,6 +97,7 @@ def make(method: str, arg=None, *, num_teachers: int = 1, defaults=None):
     c.log_every = 100
     c.checkpoint_every_epochs = 1
     c.keep_checkpoints = 2
+    c.extend = False                # True: continue a finished run to a larger num_epochs
     c.progress = True
     if "fashion" in flags:
         c.dataset = "fashion_mnist"

@@ -73,6 +73,7 @@ def get_config(arg=None):
     c.eval_batch_size = 1000
     c.checkpoint_every = 25            # epochs
     c.keep_checkpoints = 2
+    c.extend = False                   # True: continue a finished run to more translator.epochs
     c.progress = True
 
     if size == "cpu":

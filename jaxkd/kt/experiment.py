@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkd import guards
 from jaxkd.kt import data, evaluate, nets, pairs, translator
 from jaxkd.kt.augmentation import check_target
 
@@ -22,23 +23,40 @@ __all__ = ["check_config", "report", "run"]
 
 
 def check_config(config):
-    """Raises a ValueError naming the bad option and the valid ones, before any work."""
+    """Raises a ValueError naming the bad option (its value and the accepted ones), before
+    any work."""
     data.check_dataset(config.dataset)
     a = config.augment
     check_target("augment.mask_target", a.mask_target)
     check_target("augment.noise_target", a.noise_target)
     if not 0.0 <= float(a.mask_prob) < 1.0:
         raise ValueError(f"augment.mask_prob must be in [0, 1), got {a.mask_prob}")
-    if float(a.noise_std) < 0:
+    if not float(a.noise_std) >= 0:
         raise ValueError(f"augment.noise_std must be >= 0, got {a.noise_std}")
     t = config.translator
     translator.make_optimizer(str(t.optimizer), 1.0, 0.0, 0.0, 1, 1, str(t.schedule))
-    for name in ("num_train", "num_val", "batch_size", "chunk_size"):
-        if int(config.pairs[name]) < 1:
-            raise ValueError(f"pairs.{name} must be >= 1, got {config.pairs[name]}")
+    for name in ("pairs.num_train", "pairs.num_val", "pairs.batch_size", "pairs.chunk_size",
+                 "pairs.steps_large", "pairs.steps_small", "translator.num_layers",
+                 "translator.c_dim", "translator.hidden_s_dim", "translator.hidden_c_dim",
+                 "translator.batch_size", "translator.epochs", "checkpoint_every",
+                 "keep_checkpoints", "eval_batch_size"):
+        guards.check_int(config, name, 1)
+    for name in ("eval_every", "max_train_examples", "max_test_examples", "seed"):
+        guards.check_int(config, name, 0)
+    if not 0.0 <= float(t.dropout) < 1.0:
+        raise ValueError(f"translator.dropout must be in [0, 1), got {t.dropout}")
     if int(t.batch_size) > int(config.pairs.num_train):
         raise ValueError(f"translator.batch_size ({t.batch_size}) exceeds "
-                         f"pairs.num_train ({config.pairs.num_train})")
+                         f"pairs.num_train ({config.pairs.num_train}); accepted: 1 to "
+                         f"{config.pairs.num_train}")
+
+
+def _check_images(train_x, test_x) -> None:
+    """A ValueError for an empty split (before any pair is trained)."""
+    for name, images in (("training", train_x), ("test", test_x)):
+        if images.shape[0] == 0:
+            raise ValueError(f"the {name} split is empty (0 images); check config.dataset, "
+                             "config.max_train_examples/max_test_examples and the data files")
 
 
 def run(config, workdir: str, *, stop_at_epoch: int | None = None) -> dict:
@@ -54,10 +72,13 @@ def run(config, workdir: str, *, stop_at_epoch: int | None = None) -> dict:
       evaluations during training (``evals``), sizes, settings and wall times.
     """
     check_config(config)
+    translator.check_resumable(config, workdir)       # other settings: refused right away
+    pairs.check_pair_settings(config, workdir, record=False)
     os.makedirs(workdir, exist_ok=True)
     progress = bool(config.progress)
     t0 = time.perf_counter()
     train_x, train_y, test_x, test_y = data.load_data(config)
+    _check_images(train_x, test_x)
     train_x, train_y = jnp.asarray(train_x), jnp.asarray(train_y)
     train_pairs = pairs.pair_set(config, "train", train_x, train_y, workdir, progress=progress)
     val_pairs = pairs.pair_set(config, "val", train_x, train_y, workdir, progress=progress)

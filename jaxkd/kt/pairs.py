@@ -10,12 +10,20 @@ with replacement, the indices depending only on (pair key, step) (the paper shuf
 epochs).
 
 A pair set is saved as ``workdir/pairs/<split>_<chunk>.npz`` (one file per chunk, written
-atomically); an interrupted generation resumes at the first missing chunk.
+atomically); an interrupted generation resumes at the first missing chunk. The settings
+that shape the chunks are recorded in ``pairs/settings.json``: chunks of other settings are
+refused (listing the differences) rather than reused. A chunk that cannot be read (a bit
+flip fails its zip CRC-32, a truncation its directory) is moved to ``pairs/corrupt/`` with
+a warning and generated again (pairs depend only on their keys); a chunk whose training
+ended in NaN or inf is never saved.
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
+import shutil
+import zipfile
 from typing import NamedTuple
 
 import jax
@@ -24,10 +32,15 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from jaxinfra import checkpoints, finite
 from jaxinfra import mesh as mesh_lib
+from jaxkd import guards
 from jaxkd.kt import nets
 
-__all__ = ["PairConfig", "generate_pairs", "pair_arrays", "pair_config", "pair_set", "train_pair"]
+__all__ = ["PairConfig", "generate_pairs", "pair_arrays", "pair_config", "pair_set",
+           "pair_settings", "train_pair"]
+
+SETTINGS_FILE = "settings.json"
 
 
 class PairConfig(NamedTuple):
@@ -169,11 +182,86 @@ def _load_npz(path):
         return traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep="/")
 
 
+def pair_settings(config) -> dict:
+    """What the pair chunks depend on: the pair recipe (``config.pairs`` but the number
+    of pairs, which only decides how many chunks there are), the seed and the images."""
+    return {"pairs": checkpoints.settings(config.pairs, ignore=("num_train", "num_val")),
+            "seed": int(config.seed), "dataset": str(config.dataset),
+            "max_train_examples": int(config.max_train_examples)}
+
+
+def check_pair_settings(config, workdir: str, *, record: bool = True) -> None:
+    """Refuses saved pairs of other settings (a SettingsMismatchError listing every
+    difference); with ``record``, writes the settings to ``workdir/pairs/settings.json``
+    when it does not exist yet."""
+    folder = os.path.join(workdir, "pairs")
+    path = os.path.join(folder, SETTINGS_FILE)
+    asked = pair_settings(config)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        diffs = checkpoints.differences(saved, asked)
+        if diffs:
+            raise checkpoints.SettingsMismatchError(
+                f"{folder!r} holds pairs generated with other settings: {'; '.join(diffs)}. "
+                "Use a new --workdir, or the saved settings")
+        return
+    if not record:
+        return
+    os.makedirs(folder, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(asked, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _check_finite(part, split: str, c: int) -> None:
+    """NonFiniteError when a pair's training ended in NaN/inf (nothing is saved)."""
+    for name in ("loss_large", "loss_small"):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(part[name])))
+        if bad.size:
+            raise finite.NonFiniteError(
+                f"pair generation stopped at {split} chunk {c}: {name} of pair(s) "
+                f"{bad[:5].tolist()} is {float(np.asarray(part[name])[bad[0]])}; nothing "
+                "was saved for this chunk (lower pairs.lr or check the data)")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(part)[0]:
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            raise finite.NonFiniteError(
+                f"pair generation stopped at {split} chunk {c}: "
+                f"{jax.tree_util.keystr(path)} holds NaN or inf; nothing was saved for this "
+                "chunk (lower pairs.lr or check the data)")
+
+
+def _read_chunk(path, n: int):
+    """The chunk at ``path``, or None (moved to ``pairs/corrupt/``, with a warning) when
+    it cannot be read, does not hold ``n`` pairs or holds NaN/inf."""
+    try:
+        part = _load_npz(path)
+        sizes = {np.asarray(x).shape[0] for x in jax.tree.leaves(part)}
+        if sizes != {n}:
+            raise ValueError(f"holds {sorted(sizes)} pairs, not {n}")
+        if not all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(part)):
+            raise ValueError("holds NaN or inf")
+        return part
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        dst = os.path.join(os.path.dirname(path), "corrupt", os.path.basename(path))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.move(path, dst)
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        guards.warn(f"pair chunk {path} is unreadable ({type(err).__name__}: {reason}); "
+                    f"moved to {dst}; generating it again")
+        return None
+
+
 def pair_set(config, split: str, images, labels, workdir: str, *, progress=True) -> dict:
     """Generates (or loads the saved chunks of) the ``split`` pairs ("train" or "val").
 
     Pair i of chunk c uses key fold_in(fold_in(fold_in(PRNGKey(seed), 0 for train or
     1 for val), c), i): ``images``/``labels`` are only read for missing chunks.
+
+    Raises:
+      SettingsMismatchError: the saved chunks were generated with other settings.
+      NonFiniteError: a pair's training ended in NaN or inf (the chunk is not saved).
     """
     from tqdm import tqdm
     p = config.pairs
@@ -183,18 +271,21 @@ def pair_set(config, split: str, images, labels, workdir: str, *, progress=True)
     base = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)),
                               {"train": 0, "val": 1}[split])
     folder = os.path.join(workdir, "pairs")
-    os.makedirs(folder, exist_ok=True)
+    check_pair_settings(config, workdir)
     parts = []
     starts = list(range(0, num, chunk))
     for c, lo in enumerate(tqdm(starts, desc=f"{split} pairs (x{chunk})", unit="chunk",
                                 disable=not progress)):
         path = os.path.join(folder, f"{split}_{c:05d}.npz")
         n = min(chunk, num - lo)
-        if os.path.exists(path):
-            part = _load_npz(path)
-        else:
+        part = _read_chunk(path, n) if os.path.exists(path) else None
+        if part is None:
+            if images is None:
+                raise FileNotFoundError(f"pair chunk {path} is missing and no images were "
+                                        "given to generate it")
             key = jax.random.fold_in(base, c)
             part = jax.device_get(generate_pairs(key, n, images, labels, cfg=cfg))
+            _check_finite(part, split, c)
             _save_npz(path, part)
         parts.append(part)
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)

@@ -5,11 +5,14 @@ augmentation (:mod:`jaxkd.kt.augmentation`).
 Adam (or SGD), per-epoch cosine annealing (PyTorch ``CosineAnnealingLR`` stepped each
 epoch), reshuffled epochs; the last incomplete batch is dropped. :func:`train_translator`
 checkpoints the :class:`TranslatorState` with :mod:`jaxinfra.checkpoints` (resumed
-exactly) and logs to ``metrics.jsonl`` + ``tb/``.
+exactly from the newest good checkpoint; one of other settings is refused, listing the
+differences; ``config.extend=True`` continues a finished run to more epochs), stops at
+the first NaN/inf loss or parameter, and logs to ``metrics.jsonl`` + ``tb/``.
 """
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import jax
@@ -17,14 +20,16 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxinfra import checkpoints
+from jaxinfra import checkpoints, finite
 from jaxinfra.metrics import MetricsLog
+from jaxkd import guards
 from jaxkd.kt import evaluate, nets
 from jaxkd.kt.augmentation import AugmentConfig, augment
 from jaxkd.kt.pairs import pair_arrays
 
-__all__ = ["TranslatorState", "augment_config", "make_optimizer", "make_translator", "train_epoch",
-           "train_translator", "translate", "translator_loss"]
+__all__ = ["TranslatorState", "augment_config", "check_resumable", "make_optimizer",
+           "make_translator", "settings", "train_epoch", "train_translator", "translate",
+           "translator_loss"]
 
 
 class TranslatorState(struct.PyTreeNode):
@@ -134,6 +139,12 @@ def train_epoch(state: TranslatorState, tokens, targets, key, *, model, tx, batc
     return state.replace(epoch=state.epoch + 1), jnp.mean(losses)
 
 
+@jax.jit
+def _norm(tree):
+    """The global L2 norm of a pytree (NaN/inf when any entry is)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
 def translate(model, params, tokens):
     """(P, 72, 9) tokens -> SimpleBlockNoBn params with a leading axis P."""
@@ -141,10 +152,37 @@ def translate(model, params, tokens):
     return jax.vmap(nets.simple_from_output)(out)
 
 
+#: Config fields that do not change results besides
+#: :data:`jaxinfra.checkpoints.RUN_ONLY_FIELDS` (the evaluation's batching).
+SETTINGS_IGNORE = ("eval_batch_size",)
+
+
+def settings(config) -> dict:
+    """The settings of ``config`` that change results (compared on resume)."""
+    return checkpoints.settings(config, ignore=SETTINGS_IGNORE)
+
+
 def _meta(config) -> dict:
-    """What a translator checkpoint records (a resume must match its ``translator``)."""
+    """What a translator checkpoint records; a resume must match its ``settings``."""
     return {"translator": dict(config.translator), "pairs": dict(config.pairs),
-            "dataset": str(config.dataset), "seed": int(config.seed)}
+            "dataset": str(config.dataset), "seed": int(config.seed),
+            "settings": settings(config)}
+
+
+def check_resumable(config, workdir: str) -> None:
+    """Refuses, before any pair is generated, a ``workdir`` whose newest good translator
+    checkpoint has other settings (see :func:`jaxkd.guards.check_resumable`)."""
+    if not os.path.isdir(os.path.join(workdir, checkpoints.DEFAULT_SUBDIR)):
+        return
+    mngr = checkpoints.manager(workdir)
+    try:
+        guards.check_resumable(mngr, settings(config), length_key="translator.epochs",
+                               extend=bool(config.get("extend", False)),
+                               what="translator", workdir=workdir,
+                               legacy={k: v for k, v in _meta(config).items()
+                                       if k != "settings"})
+    finally:
+        mngr.close()
 
 
 def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_labels, *,
@@ -155,13 +193,17 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
     ``checkpoint_every`` epochs and at the end, and ``metrics.jsonl`` + ``tb/``.
 
     Returns:
-      (final TranslatorState, list of evaluation rows {"epoch", "translated": summary}).
+      (final TranslatorState, list of evaluation rows {"epoch", "translated": summary},
+      those of a resumed run's earlier epochs included).
 
     Raises:
-      ValueError: ``workdir`` holds a checkpoint of a different translator.
+      SettingsMismatchError: ``workdir`` holds a checkpoint of other settings (every
+        difference listed); ``config.extend=True`` lets ``translator.epochs`` grow.
+      NonFiniteError: the loss or the parameters became NaN or inf (nothing saved).
     """
     from tqdm import tqdm
 
+    check_resumable(config, workdir)
     t = config.translator
     model = make_translator(config)
     tokens, targets = map(jnp.asarray, pair_arrays(train_pairs))
@@ -180,33 +222,55 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
     mngr = checkpoints.manager(workdir, save_every=int(config.checkpoint_every),
                                keep=int(config.keep_checkpoints))
     meta = _meta(config)
+    asked = meta["settings"]            # legacy meta (no settings): see check_resumable
     state, start = checkpoints.resume(mngr, state, meta, what="translator", workdir=workdir,
-                                      key=lambda m: m["translator"])
-    end = epochs if stop_at_epoch is None else min(int(stop_at_epoch), epochs)
+                                      key=lambda m: m.get("settings", asked),
+                                      extend_keys=("translator.epochs",),
+                                      extend=bool(config.get("extend", False)))
     evals = []
+    if start:
+        saved = checkpoints.read_meta(mngr, start)
+        if int(state.epoch) != start or int(state.step) != start * spe:
+            mngr.close()
+            raise ValueError(f"{workdir!r}: translator checkpoint {start} holds epoch "
+                             f"{int(state.epoch)}, step {int(state.step)}; expected step "
+                             f"{start * spe}. Use a new --workdir")
+        if start > epochs:
+            mngr.close()
+            raise ValueError(f"{workdir!r} holds a translator trained for {start} epochs; "
+                             f"translator.epochs={epochs} would shorten it; accepted: "
+                             f"translator.epochs >= {start}, or a new --workdir")
+        evals = list(saved.get("evals", []))
+    guards.truncate_metrics(workdir, start)
+    end = epochs if stop_at_epoch is None else min(int(stop_at_epoch), epochs)
     bsz = int(config.eval_batch_size)
-    with MetricsLog(workdir, start_step=start) as log, \
-            tqdm(total=end, initial=start, desc="translator", unit="epoch",
-                 disable=not progress) as bar:
-        for epoch in range(start + 1, end + 1):
-            state, loss = train_epoch(state, tokens, targets, key, model=model, tx=tx,
-                                      batch_size=bs, aug=aug)
-            row = log.write(epoch, {"loss": loss, "step": state.step})
-            bar.set_postfix(loss=f"{row['train/loss']:.3e}")
-            if (int(config.eval_every) and epoch % int(config.eval_every) == 0) or \
-                    epoch == end:
-                simple = translate(model, state.params, val_tokens)
-                acc = evaluate.evaluate_blocks(val_pairs["begin"], val_pairs["last"],
-                                               {"params": simple}, test_images, test_labels,
-                                               batch_size=bsz)
-                s = evaluate.summary(acc)
-                log.write(epoch, {"translated_mean": s["mean"], "translated_min": s["min"],
-                                  "translated_max": s["max"]}, prefix="eval")
-                evals.append({"epoch": epoch, "translated": s})
-            if epoch % int(config.checkpoint_every) == 0 or epoch == end:
-                checkpoints.save(mngr, epoch, meta=dict(meta, epoch=epoch),
-                                 force=epoch == end, state=state)
-            bar.update(1)
-    mngr.wait_until_finished()
-    mngr.close()
+    try:
+        with MetricsLog(workdir, start_step=start) as log, \
+                tqdm(total=end, initial=start, desc="translator", unit="epoch",
+                     disable=not progress) as bar:
+            for epoch in range(start + 1, end + 1):
+                state, loss = train_epoch(state, tokens, targets, key, model=model, tx=tx,
+                                          batch_size=bs, aug=aug)
+                finite.check(int(state.step), {"loss": loss,
+                                               "params_norm": _norm(state.params)},
+                             what=f"translator training (epoch {epoch})")
+                row = log.write(epoch, {"loss": loss, "step": state.step})
+                bar.set_postfix(loss=f"{row['train/loss']:.3e}")
+                if (int(config.eval_every) and epoch % int(config.eval_every) == 0) or \
+                        epoch == end:
+                    simple = translate(model, state.params, val_tokens)
+                    acc = evaluate.evaluate_blocks(val_pairs["begin"], val_pairs["last"],
+                                                   {"params": simple}, test_images,
+                                                   test_labels, batch_size=bsz)
+                    s = evaluate.summary(acc)
+                    log.write(epoch, {"translated_mean": s["mean"], "translated_min": s["min"],
+                                      "translated_max": s["max"]}, prefix="eval")
+                    evals.append({"epoch": epoch, "translated": s})
+                if epoch % int(config.checkpoint_every) == 0 or epoch == end:
+                    checkpoints.save(mngr, epoch, meta=dict(meta, epoch=epoch, evals=evals),
+                                     force=epoch == end, state=state)
+                bar.update(1)
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
     return state, evals

@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from faults import flip_bit, largest_file, truncate
 from kd_testnet import ZOO
 
 from configs.kd import common
@@ -134,19 +136,7 @@ def _rows(workdir, prefix):
 
 
 def _largest_file(step_dir):
-    files = [p for p in pathlib.Path(step_dir).rglob("*")
-             if p.is_file() and p.name != "integrity.json"]
-    return max(files, key=lambda p: p.stat().st_size)
-
-
-def _flip_bit(path):
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def _truncate(path):
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return largest_file(pathlib.Path(step_dir))
 
 
 def test_resume_is_exact_and_teacher_checks(datasets, full, tmp_path):
@@ -174,7 +164,7 @@ def test_resume_is_exact_and_teacher_checks(datasets, full, tmp_path):
 
 # ------------------------------------------------------------------ corrupt checkpoints
 
-@pytest.mark.parametrize("fault", [_flip_bit, _truncate])
+@pytest.mark.parametrize("fault", [flip_bit, truncate])
 def test_corrupt_latest_checkpoint_falls_back_to_the_good_one(datasets, full, tmp_path,
                                                               fault):
     """The newest step (8, the end of the run) is damaged: the run resumes from step 4
@@ -206,7 +196,7 @@ def test_corrupt_checkpoint_then_more_epochs_matches_an_uninterrupted_run(
     epochs (--config.num_epochs=3 --config.extend=True): it falls back to step 4 and ends
     bitwise like a 3-epoch run that was never interrupted (constant lr)."""
     w = _copy(full, tmp_path)
-    _truncate(_largest_file(os.path.join(w, "checkpoints", "8")))
+    truncate(_largest_file(os.path.join(w, "checkpoints", "8")))
     with pytest.warns(RuntimeWarning, match="step 8 .* is corrupt .*using step 4"):
         res = train.train_and_evaluate(_config("ce", num_epochs=3, extend=True), w,
                                        datasets=datasets)
@@ -227,12 +217,16 @@ def test_corrupt_best_is_taken_from_the_kept_checkpoints(datasets, full, tmp_pat
     best = _steps(w, train.BEST_SUBDIR)
     assert best == [4 * full[1]["best_epoch"]]
     want, _ = train.load_student(full[0], "best")
-    _flip_bit(_largest_file(os.path.join(w, train.BEST_SUBDIR, str(best[0]))))
+    flip_bit(_largest_file(os.path.join(w, train.BEST_SUBDIR, str(best[0]))))
     kd = _config("kd")
     kd.teacher.workdirs = (w,)
-    with pytest.warns(RuntimeWarning, match=r"no good best/ checkpoint; using the best "
-                                            r"epoch's .*step %d" % best[0]):
+    with pytest.warns(RuntimeWarning) as record:
         stacked = train.load_teachers(kd, (8, 8, 1), 10)
+    msgs = [str(r.message) for r in record]
+    assert any(re.search(r"checkpoint step %d in .*best/checkpoints is corrupt .*no good "
+                         r"checkpoint left" % best[0], m) for m in msgs), msgs
+    assert any(re.search(r"no good best/ checkpoint; using the best epoch's .*step %d"
+                         % best[0], m) for m in msgs), msgs
     _assert_same_leaves(jax.tree.leaves(stacked),
                         [np.asarray(x)[None] for x in jax.tree.leaves(want)])
     assert os.path.isdir(os.path.join(w, train.BEST_SUBDIR, "corrupt", str(best[0])))
@@ -244,6 +238,63 @@ def test_corrupt_best_is_taken_from_the_kept_checkpoints(datasets, full, tmp_pat
     assert meta["best_acc"] == res["best_acc"] and meta["step"] == 4 * res["best_epoch"]
     if res["best_epoch"] == full[1]["best_epoch"]:
         _assert_same_leaves(jax.tree.leaves(got), jax.tree.leaves(want))
+
+
+def test_fallback_keeps_a_newer_best_until_the_run_makes_it_again(datasets, tmp_path,
+                                                                  monkeypatch):
+    """Scripted test accuracies 0.5, 0.3, 0.7: best/ moved from epoch 1 to epoch 3 (step
+    12) and checkpoints/ keeps steps 8 and 12. Step 12 is corrupt, so the run resumes at
+    step 8, whose meta knows epoch 1 as the best, a student no longer kept anywhere. The
+    epoch-3 student of best/ stays (nothing is lost, the teacher still loads) until the
+    run trains epoch 3 again and saves it; best_acc and best/ then agree."""
+    real = train.evaluate
+    script = []
+    monkeypatch.setattr(train, "evaluate",
+                        lambda *a, **k: dict(real(*a, **k), acc=script.pop(0)))
+    w = str(tmp_path / "w")
+    script[:] = [0.5, 0.3, 0.7]
+    train.train_and_evaluate(_config("ce", num_epochs=3), w, datasets=datasets)
+    assert _steps(w) == [8, 12] and _steps(w, train.BEST_SUBDIR) == [12]
+    assert _state(w, 8)[1]["best_step"] == 4
+    want, _ = train.load_student(w, "best")
+    flip_bit(_largest_file(os.path.join(w, "checkpoints", "12")))
+    script[:] = []
+    with pytest.warns(RuntimeWarning) as record:        # interrupted again before epoch 3
+        train.train_and_evaluate(_config("ce", num_epochs=3), w, datasets=datasets,
+                                 stop_at_step=10)
+    assert not [r for r in record if "is lost" in str(r.message)]
+    assert _steps(w, train.BEST_SUBDIR) == [12]
+    got, meta = train.load_student(w, "best")
+    _assert_same_leaves(jax.tree.leaves(got), jax.tree.leaves(want))
+    script[:] = [0.7]
+    res = train.train_and_evaluate(_config("ce", num_epochs=3), w, datasets=datasets)
+    assert (res["best_acc"], res["best_epoch"], res["step"]) == (0.7, 3, 12)
+    assert _state(w, 12)[1]["history"] == [0.5, 0.3, 0.7]
+    got, meta = train.load_student(w, "best")
+    assert (meta["best_acc"], meta["best_step"]) == (0.7, 12)
+    _assert_same_leaves(jax.tree.leaves(got), jax.tree.leaves(want))   # bitwise re-made
+
+
+def test_checkpoint_without_settings_record_is_resumed_with_a_warning(datasets, full,
+                                                                      tmp_path, monkeypatch):
+    """Checkpoints of the code before settings were recorded: compared on what their
+    meta has (model, method, seed, ...), resumed with a warning; the next one records."""
+    real = train._run_meta
+    monkeypatch.setattr(train, "_run_meta",
+                        lambda *a: {k: v for k, v in real(*a).items() if k != "settings"})
+    w = str(tmp_path / "old")
+    train.train_and_evaluate(_config("ce"), w, datasets=datasets, stop_at_step=4)
+    monkeypatch.setattr(train, "_run_meta", real)
+    assert "settings" not in _state(w, 4)[1]
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"\(step 4\) with other settings: seed: 0 -> 1"):
+        train.train_and_evaluate(_config("ce", seed=1), w, datasets=datasets)
+    with pytest.warns(RuntimeWarning, match=r"model checkpoint step 4 predates settings "
+                                            r"records; only dataset, method, model, seed, "
+                                            r"teacher could be compared"):
+        res = train.train_and_evaluate(_config("ce"), w, datasets=datasets)
+    assert res["step"] == 8 and _state(w, 8)[1]["settings"] == train.settings(_config("ce"))
+    _assert_same_leaves(_state(w, 8)[0], _state(full[0], 8)[0])
 
 
 # ------------------------------------------------------------------------ NaN / inf
