@@ -53,7 +53,7 @@ import optax
 from flax import struct
 
 from jaxgraph import discriminators as discs
-from jaxgraph import gnn, graphs, guards
+from jaxgraph import gnn, graphs
 from jaxgraph.train import (
     NodeTask,
     Selection,
@@ -65,6 +65,7 @@ from jaxgraph.train import (
     task_from_config,
     update_selection,
 )
+from jaxinfra import config_checks
 
 __all__ = ["OADState", "OAD", "make_oad", "kd_loss", "check_config", "run_oad", "summarize"]
 
@@ -146,26 +147,26 @@ def _check_config(config, num_classes):
     if config.gan_trade and len(set(dims)) > 1:
         raise ValueError(f"the discriminator ring needs equal hidden widths, got "
                          f"{dict(zip(config.students, dims))}")
-    guards.int_at_least(config, "warmup_epochs", 0)
-    guards.int_at_least(config, "okd_epochs", 0)
+    config_checks.int_at_least(config, "warmup_epochs", 0)
+    config_checks.int_at_least(config, "okd_epochs", 0)
     return models
 
 
 def check_config(config) -> None:
     """ValueError naming the first bad loop or optimiser value and its accepted range
     (before any data are read)."""
-    warmup = guards.int_at_least(config, "warmup_epochs", 0)
-    okd = guards.int_at_least(config, "okd_epochs", 0)
+    warmup = config_checks.int_at_least(config, "warmup_epochs", 0)
+    okd = config_checks.int_at_least(config, "okd_epochs", 0)
     if warmup + okd < 1:
         raise ValueError(f"config.warmup_epochs + config.okd_epochs must be >= 1 (the "
                          f"epochs to train), got {warmup} + {okd}")
-    guards.int_at_least(config, "num_seeds", 1, what="seeds trained at once")
-    guards.int_at_least(config, "log_every", 1, what="epochs between logged metrics")
-    guards.int_at_least(config, "checkpoint_every", 1, what="epochs between checkpoints")
-    guards.positive(config, "optim.lr")
-    guards.positive(config, "disc.lr")
-    guards.positive(config, "kd.temperature")
-    wd = guards.get(config, "optim.weight_decay")
+    config_checks.int_at_least(config, "num_seeds", 1, what="seeds trained at once")
+    config_checks.int_at_least(config, "log_every", 1, what="epochs between logged metrics")
+    config_checks.int_at_least(config, "checkpoint_every", 1, what="epochs between checkpoints")
+    config_checks.positive(config, "optim.lr")
+    config_checks.positive(config, "disc.lr")
+    config_checks.positive(config, "kd.temperature")
+    wd = config_checks.get(config, "optim.weight_decay")
     if not wd >= 0:
         raise ValueError(f"config.optim.weight_decay must be a number >= 0, got {wd!r}")
 

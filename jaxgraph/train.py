@@ -39,9 +39,9 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxgraph import gnn, graphs, guards
+from jaxgraph import gnn, graphs
 from jaxgraph.planetoid import load_planetoid
-from jaxinfra import checkpoints
+from jaxinfra import checkpoints, config_checks, finite
 from jaxinfra.metrics import MetricsLog
 
 __all__ = ["NodeTask", "load_task", "task_from_config", "check_task", "masked_cross_entropy",
@@ -287,7 +287,7 @@ def run_epochs(step, state, task: NodeTask, key, *, workdir: str, meta: dict, ep
         if unchecked:
             rows = jax.device_get([m for _, m in unchecked])
             stacked = jax.tree.map(lambda *xs: np.stack(xs), *rows)
-            guards.check_metrics(unchecked[0][0], stacked, axes=axes,
+            finite.check_stacked(unchecked[0][0], stacked, axes=axes,
                                  what=f"{desc or what} training (one step per epoch)")
             unchecked.clear()
 
@@ -324,11 +324,11 @@ def _log_metrics(log, epoch: int, m: dict) -> dict:
 def check_config(config) -> None:
     """ValueError naming the first bad value and its accepted range (before any data are
     read): the loop settings of :func:`run_epochs` and the optimiser's."""
-    guards.int_at_least(config, "epochs", 1)
-    guards.int_at_least(config, "log_every", 1, what="epochs between logged metrics")
-    guards.int_at_least(config, "checkpoint_every", 1, what="epochs between checkpoints")
-    guards.positive(config, "optim.lr")
-    wd = guards.get(config, "optim.weight_decay")
+    config_checks.int_at_least(config, "epochs", 1)
+    config_checks.int_at_least(config, "log_every", 1, what="epochs between logged metrics")
+    config_checks.int_at_least(config, "checkpoint_every", 1, what="epochs between checkpoints")
+    config_checks.positive(config, "optim.lr")
+    wd = config_checks.get(config, "optim.weight_decay")
     if not wd >= 0:
         raise ValueError(f"config.optim.weight_decay must be a number >= 0, got {wd!r}")
 

@@ -8,10 +8,14 @@ import it and never each other.
     jaxinfra.checkpoints  one Orbax checkpoint API: manager, save, read, checked resume
     jaxinfra.cli          the ``python -m pkg.job --config=... --workdir=...`` entry point
     jaxinfra.config_args  parsing of the ``config.py:opt1,key=value`` argument
+    jaxinfra.config_checks  config values checked before any work
+    jaxinfra.finite       NaN/inf guards naming the step and the metric
+    jaxinfra.workdir      one run per workdir (a lock file)
     jaxinfra.mesh         1-D device meshes and their NamedShardings
     jaxinfra.datasets     offline image data (digits, Fashion-MNIST IDX files, tfds)
 
 Submodules are imported on use (``from jaxinfra import checkpoints``), so importing the
 package itself loads nothing heavy.
 """
-__all__ = ["metrics", "images", "checkpoints", "cli", "config_args", "mesh", "datasets"]
+__all__ = ["metrics", "images", "checkpoints", "cli", "config_args", "config_checks", "finite",
+           "workdir", "mesh", "datasets"]

@@ -39,7 +39,7 @@ from jaxinfra.finite import NonFiniteError
 
 __all__ = ["manager", "save", "read_meta", "read", "resume", "open_latest", "verify",
            "latest_good", "NonFiniteError", "SettingsMismatchError", "differences", "settings",
-           "RUN_ONLY_FIELDS"]
+           "check_settings", "RUN_ONLY_FIELDS"]
 
 DEFAULT_SUBDIR = "checkpoints"
 INTEGRITY_FILE = "integrity.json"
@@ -299,6 +299,29 @@ def differences(saved, asked) -> list:
     return out
 
 
+def check_settings(saved, asked, *, step: int, what: str = "run", workdir: str = "",
+                   extend_keys=(), extend: bool = False) -> None:
+    """Raises :class:`SettingsMismatchError` unless ``saved`` and ``asked`` settings agree.
+
+    ``extend_keys`` (dotted names of the run's length) may differ only with ``extend``;
+    the message then says how to continue the run. Used by :func:`resume`, and by
+    trainers that must compare before building anything.
+    """
+    diffs = differences(saved, asked)
+    length = [d for d in diffs if d.split(":")[0] in extend_keys]
+    if length and len(length) == len(diffs) and not extend:
+        raise SettingsMismatchError(
+            f"{workdir!r} holds a {what} run (checkpoint at step {step}) of another "
+            f"length: {'; '.join(length)}. To continue it to the new length add "
+            "--config.extend=True; otherwise use a new --workdir")
+    if extend:
+        diffs = [d for d in diffs if d not in length]
+    if diffs:
+        raise SettingsMismatchError(
+            f"{workdir!r} holds a {what} checkpoint (step {step}) with other settings: "
+            f"{'; '.join(diffs)}. Use a new --workdir, or the saved settings")
+
+
 def _restore_good(mngr, restore):
     """``restore(step)`` on the newest good step, moving aside steps that fail to read.
 
@@ -346,22 +369,12 @@ def resume(mngr, state, meta: dict, *, key=None, what: str = "run", workdir: str
     key = key or (lambda m: m)
 
     def restore(step):
-        saved = read_meta(mngr, step)
-        diffs = differences(key(saved), key(meta))
-        length = [d for d in diffs if d.split(":")[0] in extend_keys]
-        if length and len(length) == len(diffs) and not extend:
+        try:
+            check_settings(key(read_meta(mngr, step)), key(meta), step=step, what=what,
+                           workdir=workdir, extend_keys=extend_keys, extend=extend)
+        except SettingsMismatchError:
             mngr.close()
-            raise SettingsMismatchError(
-                f"{workdir!r} holds a {what} run (checkpoint at step {step}) of another "
-                f"length: {'; '.join(length)}. To continue it to the new length add "
-                "--config.extend=True; otherwise use a new --workdir")
-        if extend:
-            diffs = [d for d in diffs if d not in length]
-        if diffs:
-            mngr.close()
-            raise SettingsMismatchError(
-                f"{workdir!r} holds a {what} checkpoint (step {step}) with other settings: "
-                f"{'; '.join(diffs)}. Use a new --workdir, or the saved settings")
+            raise
         return read(mngr, step, state=state)["state"]
 
     step, restored = _restore_good(mngr, restore)

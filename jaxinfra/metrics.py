@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-__all__ = ["MetricsLog"]
+__all__ = ["MetricsLog", "truncate"]
 
 
 class MetricsLog:
@@ -24,11 +24,17 @@ class MetricsLog:
 
     Each ``write`` is one JSON line ``{"step": step, "<prefix>/<name>": value, ...}`` (plain
     names when ``prefix`` is empty). Values must be scalars (Python or 0-d arrays).
-    ``start_step`` > 0 (a resumed run) purges TensorBoard events logged after it.
+    A trainer passes ``start_step``, the step it resumes from (0 for a fresh start): the
+    JSON lines and TensorBoard events logged after it are dropped, so a run resumed from
+    an older checkpoint (after a crash, or a corrupt newer one) logs those steps again,
+    never twice. ``None`` (jobs without steps to resume) only appends.
     """
 
-    def __init__(self, workdir: str, *, start_step: int = 0, tensorboard: bool = True):
+    def __init__(self, workdir: str, *, start_step: int | None = None,
+                 tensorboard: bool = True):
         os.makedirs(workdir, exist_ok=True)
+        if start_step is not None:
+            truncate(workdir, start_step)
         self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
         self._writer = None
         if tensorboard:
@@ -70,3 +76,28 @@ class MetricsLog:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def truncate(workdir: str, step: int) -> int:
+    """Drops the rows of ``workdir/metrics.jsonl`` logged after ``step`` (and lines cut by
+    a crash). Returns the number dropped."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    keep, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                row_step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                row_step = None
+            if row_step is not None and row_step <= int(step):
+                keep.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+    return dropped

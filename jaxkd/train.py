@@ -54,7 +54,7 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from jaxinfra import checkpoints, finite
+from jaxinfra import checkpoints, config_checks, finite
 from jaxinfra import mesh as mesh_lib
 from jaxinfra.metrics import MetricsLog
 from jaxkd import data as data_lib
@@ -586,12 +586,12 @@ def check_config(config) -> None:
     loaded or anything is compiled."""
     for name in ("batch_size", "num_epochs", "checkpoint_every_epochs", "log_every",
                  "eval_batch_size", "keep_checkpoints"):
-        guards.check_int(config, name, 1)
+        config_checks.int_at_least(config, name, 1)
     for name in ("max_train", "max_test", "num_devices", "augment.pad", "seed"):
-        guards.check_int(config, name, 0)
-    guards.check_choice(config, "teacher.checkpoint", ("best", "last"))
-    guards.check_choice(config, "teacher_map", ("auto", "vmap", "map"))
-    guards.check_choice(config, "data_source", ("auto", "offline", "tfds"))
+        config_checks.int_at_least(config, name, 0)
+    config_checks.one_of(config, "teacher.checkpoint", ("best", "last"))
+    config_checks.one_of(config, "teacher_map", ("auto", "vmap", "map"))
+    config_checks.one_of(config, "data_source", ("auto", "offline", "tfds"))
     methods.get(config.method.name)                 # unknown names list the valid ones
     if 0 < int(config.max_train) < int(config.batch_size):
         raise ValueError(f"config.batch_size={config.batch_size} is larger than the "
@@ -780,7 +780,6 @@ def _train(config, workdir, mngr, best_mngr, asked, extend, stop_at_step, teache
 
     _check_newer_best(best_mngr, start, asked, workdir)
     _restore_best(best_mngr, mngr, meta, start, student_vars(setup.state), workdir)
-    guards.truncate_metrics(workdir, start)
 
     def save(step, s, epoch):
         checkpoints.save(mngr, step, meta=dict(meta, step=step, epoch=epoch), force=True,

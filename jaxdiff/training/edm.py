@@ -39,7 +39,7 @@ from jax.flatten_util import ravel_pytree
 import jaxdiff
 from jaxdiff import schedules
 from jaxdiff.models import unet
-from jaxinfra import checkpoints, finite
+from jaxinfra import checkpoints, config_checks, finite
 from jaxinfra import datasets as data_lib
 from jaxinfra import images as images_lib
 from jaxinfra.metrics import MetricsLog
@@ -240,9 +240,7 @@ def _model_meta(config) -> dict:
 def check_config(config) -> None:
     """ValueError naming the first bad loop setting (before any data is loaded)."""
     for name in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
-        value = config[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.{name} must be an integer >= 1, got {value!r}")
+        config_checks.int_at_least(config, name, 1)
     if 0 < int(config.max_examples) < int(config.batch_size):
         raise ValueError(f"config.batch_size={config.batch_size} is larger than the "
                          f"{config.max_examples} training images (config.max_examples)")

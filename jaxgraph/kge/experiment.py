@@ -27,10 +27,10 @@ import numpy as np
 import optax
 
 from jaxgraph import csd as csd_lib
-from jaxgraph import guards, kg_data, kge_models
+from jaxgraph import kg_data, kge_models
 from jaxgraph.kge import evaluation, trainer
 from jaxgraph.kge import step as kge_step
-from jaxinfra import checkpoints
+from jaxinfra import checkpoints, config_checks
 from jaxinfra.metrics import MetricsLog
 
 __all__ = ["OPTIMIZERS", "make_optimizer", "csd_config", "step_config", "check_config",
@@ -101,23 +101,23 @@ def step_config(config, num_entities: int) -> kge_step.StepConfig:
 def check_config(config) -> None:
     """ValueError naming the first bad value and the accepted range; called before any
     data are read or anything is compiled."""
-    guards.int_at_least(config, "train.epochs", 1)
-    guards.int_at_least(config, "train.batch_size", 1, what="training triples per step")
+    config_checks.int_at_least(config, "train.epochs", 1)
+    config_checks.int_at_least(config, "train.batch_size", 1, what="training triples per step")
     if config.train.loss == "self_adversarial":
-        guards.int_at_least(config, "train.num_negatives", 1,
+        config_checks.int_at_least(config, "train.num_negatives", 1,
                             what="negatives per positive triple, option negatives=N")
-    guards.positive(config, "train.lr")
-    guards.int_at_least(config, "model.dim", 1)
-    guards.int_at_least(config, "checkpoint_every", 1, what="epochs between checkpoints")
-    guards.int_at_least(config, "keep_checkpoints", 1)
-    guards.int_at_least(config, "eval.every", 0, what="0: validation only at the end")
-    guards.int_at_least(config, "eval.valid_max_queries", 0, what="0: the whole split")
-    guards.int_at_least(config, "eval.batch_size", 1)
-    guards.int_at_least(config, "eval.chunk", 1)
+    config_checks.positive(config, "train.lr")
+    config_checks.int_at_least(config, "model.dim", 1)
+    config_checks.int_at_least(config, "checkpoint_every", 1, what="epochs between checkpoints")
+    config_checks.int_at_least(config, "keep_checkpoints", 1)
+    config_checks.int_at_least(config, "eval.every", 0, what="0: validation only at the end")
+    config_checks.int_at_least(config, "eval.valid_max_queries", 0, what="0: the whole split")
+    config_checks.int_at_least(config, "eval.batch_size", 1)
+    config_checks.int_at_least(config, "eval.chunk", 1)
     if config.dataset != "synthetic":
-        guards.one_of(config, "vocabulary", kg_data.VOCABULARIES)
+        config_checks.one_of(config, "vocabulary", kg_data.VOCABULARIES)
         if "unseen" in config:
-            guards.one_of(config, "unseen", kg_data.UNSEEN)
+            config_checks.one_of(config, "unseen", kg_data.UNSEEN)
 
 
 def load_data(config) -> kg_data.KGData:

@@ -4,7 +4,7 @@ validation and checkpoints.
 An epoch visits a permutation of the training triples drawn from (seed, epoch), dropping
 the last partial batch (:func:`epoch_indices`), so a resumed run repeats an uninterrupted
 one exactly. Every step's metrics are checked for NaN / inf before the epoch is logged
-as done, validated or saved (:func:`jaxgraph.guards.check_metrics`): a non-finite loss or
+as done, validated or saved (:func:`jaxinfra.finite.check_stacked`): a non-finite loss or
 state stops training, naming the epoch, the optimizer step and the metric, and the last
 good checkpoint stays the newest.
 """
@@ -17,9 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgraph import guards
 from jaxgraph.kge import step as kge_step
-from jaxinfra import checkpoints
+from jaxinfra import checkpoints, finite
 
 __all__ = ["epoch_indices", "train_epochs"]
 
@@ -80,7 +79,7 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
             row.update(triples_per_sec=idx.size / dt, epoch_seconds=dt)
             log.write(epoch + 1, row, prefix="train")
             bar.set_postfix(loss=f"{row['loss']:.4f}")
-            guards.check_metrics(epoch * len(idx) + 1, metrics,
+            finite.check_stacked(epoch * len(idx) + 1, metrics,
                                  what=f"KGE training (epoch {epoch + 1})")
             if (validate is not None and eval_every and (epoch + 1) % eval_every == 0
                     and epoch + 1 < epochs):

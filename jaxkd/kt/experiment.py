@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd import guards
+from jaxinfra import config_checks
 from jaxkd.kt import data, evaluate, nets, pairs, translator
 from jaxkd.kt.augmentation import check_target
 
@@ -40,9 +40,9 @@ def check_config(config):
                  "translator.c_dim", "translator.hidden_s_dim", "translator.hidden_c_dim",
                  "translator.batch_size", "translator.epochs", "checkpoint_every",
                  "keep_checkpoints", "eval_batch_size"):
-        guards.check_int(config, name, 1)
+        config_checks.int_at_least(config, name, 1)
     for name in ("eval_every", "max_train_examples", "max_test_examples", "seed"):
-        guards.check_int(config, name, 0)
+        config_checks.int_at_least(config, name, 0)
     if not 0.0 <= float(t.dropout) < 1.0:
         raise ValueError(f"translator.dropout must be in [0, 1), got {t.dropout}")
     if int(t.batch_size) > int(config.pairs.num_train):

@@ -241,7 +241,6 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
                              f"translator.epochs={epochs} would shorten it; accepted: "
                              f"translator.epochs >= {start}, or a new --workdir")
         evals = list(saved.get("evals", []))
-    guards.truncate_metrics(workdir, start)
     end = epochs if stop_at_epoch is None else min(int(stop_at_epoch), epochs)
     bsz = int(config.eval_batch_size)
     try:

@@ -43,3 +43,21 @@ def test_save_image_grid_writes_png(tmp_path):
     path = tmp_path / "sub" / "grid.png"
     images_lib.save_image_grid(np.zeros((4, 8, 8)), str(path), scale=2)
     assert Image.open(path).size == (2 * (2 * 9 + 1), 2 * (2 * 9 + 1))
+
+
+def test_resumed_run_drops_rows_logged_after_its_checkpoint(tmp_path):
+    with metrics.MetricsLog(str(tmp_path), tensorboard=False) as log:
+        for step in (2, 4, 6):
+            log.write(step, {"loss": float(step)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "train/lo')                          # cut by a crash
+    with metrics.MetricsLog(str(tmp_path), start_step=4, tensorboard=False) as log:
+        log.write(6, {"loss": 60.0})
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(r["step"], r["train/loss"]) for r in rows] == [(2, 2.0), (4, 4.0), (6, 60.0)]
+    with metrics.MetricsLog(str(tmp_path), tensorboard=False):    # None: only appends
+        pass
+    assert len(open(tmp_path / "metrics.jsonl").readlines()) == 3
+    with metrics.MetricsLog(str(tmp_path), start_step=0, tensorboard=False):
+        pass                                                      # a fresh start
+    assert open(tmp_path / "metrics.jsonl").read() == ""

@@ -430,8 +430,7 @@ def test_more_epochs_need_extend_and_counters_continue(datasets, full, full3, tm
     ("eval_batch_size", -5, "config.eval_batch_size must be an integer >= 1, got -5"),
     ("keep_checkpoints", 0, "config.keep_checkpoints must be an integer >= 1, got 0"),
     ("max_train", -1, "config.max_train must be an integer >= 0, got -1"),
-    ("teacher_map", "pmap", "config.teacher_map must be one of 'auto', 'vmap', 'map'; got "
-                            "'pmap'"),
+    ("teacher_map", "pmap", "unknown config.teacher_map 'pmap'; valid: auto, vmap, map"),
     ("max_train", 8, "config.batch_size=16 is larger than the 8 training images "
                      "(config.max_train); accepted: 1 to 8"),
 ])
