@@ -7,6 +7,13 @@ Library code never touches jax.config; only the tests do.
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# One XLA compilation cache per test session, shared by the xdist workers and the
+# subprocesses tests start (the same tiny programs are compiled in many tests). It lives
+# in a fresh folder made by the controlling process, so no run reuses another's.
+if os.environ.get("PYTEST_XDIST_WORKER") is None and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxlab-test-xla-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

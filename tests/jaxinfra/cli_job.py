@@ -7,6 +7,9 @@ from jaxinfra.cli import run_job
 def run(config, workdir):
     if config.mode == "bad":
         raise ValueError("mode 'bad' is not accepted; valid: ok, sleep, bug")
+    if config.mode == "nan":
+        from jaxinfra import finite
+        finite.check(3, {"loss": float("nan")}, what="test training")
     if config.mode == "bug":
         raise ZeroDivisionError("a bug")
     if config.mode == "sleep":

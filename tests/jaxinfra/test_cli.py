@@ -56,6 +56,7 @@ def test_runs_and_reports(config, tmp_path):
     (("--config.mode=bad",), "error: mode 'bad' is not accepted; valid: ok, sleep, bug"),
     ((":tyni",), "error: unknown config option 'tyni'; accepted: tiny"),
     (("--config.mdoe=bad",), "mdoe"),
+    (("--config.mode=nan",), "error: test training stopped at step 3: loss is nan"),
 ])
 def test_user_errors_are_one_line(config, tmp_path, args, match):
     cfg_args = [a for a in args if a.startswith("--")]

@@ -325,7 +325,7 @@ def test_divergence_keeps_the_last_good_checkpoint(datasets, full, tmp_path, mon
     w = str(tmp_path / "div")
     monkeypatch.setattr(train, "train_step", poisoned)
     with pytest.raises(checkpoints.NonFiniteError,
-                       match=r"ce training stopped at step 6: ce is nan"):
+                       match=r"ce training stopped at step 6: loss is nan"):
         train.train_and_evaluate(_config("ce"), w, datasets=datasets)
     assert _steps(w) == [4] and _steps(w, train.BEST_SUBDIR) == [4]
     for sub in (train.LAST_SUBDIR, train.BEST_SUBDIR):
@@ -464,8 +464,7 @@ def test_empty_data_and_too_large_batches_are_refused(datasets, tmp_path):
 def test_missing_teacher_hint_keeps_the_config_options_and_workdir(tmp_path):
     """``python -m jaxkd.train --config=configs/kd/kd.py:tiny`` without its teacher: exit 2
     with one line whose command trains that teacher with the same options (``:tiny``, not
-    the full CIFAR-100 recipe) into the configured workdir; the command is followed and
-    the teacher it makes is the one kd.py:tiny asks for."""
+    the full CIFAR-100 recipe) into the configured workdir, before any data are loaded."""
     teacher = str(tmp_path / "teacher_s0")
     out = subprocess.run(
         [sys.executable, "-m", "jaxkd.train", "--config=configs/kd/kd.py:tiny",
@@ -478,20 +477,6 @@ def test_missing_teacher_hint_keeps_the_config_options_and_workdir(tmp_path):
             f" --workdir={teacher}")
     assert f"no teacher ('best') checkpoints in '{teacher}'; {hint}" in lines[0], lines[0]
     assert _steps(str(tmp_path / "kd")) == []
-    # Follow the hint (the command as printed), then the teacher loads for kd.py:tiny.
-    cmd = hint.split("train it first with ")[1].split()
-    done = subprocess.run([sys.executable] + cmd[1:], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 8
-    from configs.kd import kd as kd_config
-    c = kd_config.get_config("tiny")
-    c.teacher.workdirs = (teacher,)
-    with pytest.MonkeyPatch.context() as mp:     # the real model zoo (resnet8)
-        from jaxkd import models
-        mp.setattr(train, "_models", lambda: models)
-        stacked = train.load_teachers(c, (8, 8, 1), 10)
-    assert jax.tree.leaves(stacked)[0].shape[0] == 1
 
 
 def test_hints_for_several_missing_teachers(tmp_path):
