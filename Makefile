@@ -28,7 +28,7 @@ demo-fashion: $(STAMP) fashion-data
 # Tests read no data set installed on the machine: conftest.py points JAXINFRA_DATA_PATH
 # at fixture files it writes (.ci/run also hides the default folder).
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(VPY) -m pytest -q -n auto tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(VPY) -m pytest -q -n auto --dist loadgroup tests
 
 lint: $(STAMP)
 	$(VPY) -m ruff check .
