@@ -22,3 +22,13 @@ def truncate(path):
 def checkpoint_steps(workdir):
     """The steps saved under ``workdir/checkpoints`` (corrupt ones moved aside excluded)."""
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def assert_same_leaves(a, b):
+    """Two pytrees (or leaf lists) are bit-identical: a resumed run equals the reference."""
+    import jax
+    import numpy as np
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb) > 0
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(x, y)

@@ -3,11 +3,9 @@ silently: exact resume and extension, faults injected into real checkpoints of t
 runs, NaN, resumes with other settings, bad config values, empty splits."""
 import json
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
-from faults import checkpoint_steps, flip_bit, largest_file, truncate
+from faults import assert_same_leaves, checkpoint_steps, flip_bit, largest_file, truncate
 from test_oad import synthetic_task
 
 from configs.gnn.gnn_planetoid import get_config as gnn_config
@@ -37,13 +35,6 @@ def _final_state(workdir):
         mngr.close()
 
 
-def _assert_same_tree(a, b):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        np.testing.assert_array_equal(x, y)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted 5-epoch run: (workdir, result, final state)."""
@@ -70,7 +61,7 @@ def test_train_runs_resumes_exactly_and_extends(tmp_path, reference):
     assert resumed == full
     step, meta, state = _final_state(tmp_path)
     assert step == 5 and meta["epoch"] == 5 and int(state["step"]) == 5
-    _assert_same_tree(state, ref_state)
+    assert_same_leaves(state, ref_state)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="unknown config option"):
@@ -89,7 +80,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_ends_as_uninterrupted(tmp_path
     assert result == full
     assert checkpoint_steps(tmp_path) == [4, 5]
     assert (tmp_path / "checkpoints" / "corrupt" / "5").is_dir()
-    _assert_same_tree(_final_state(tmp_path)[2], ref_state)
+    assert_same_leaves(_final_state(tmp_path)[2], ref_state)
 
 
 def test_nan_learning_rate_stops_and_saves_nothing(tmp_path):

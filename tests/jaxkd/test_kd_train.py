@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from faults import flip_bit, largest_file, truncate
+from faults import assert_same_leaves, flip_bit, largest_file, truncate
 from kd_testnet import ZOO
 
 from configs.kd import common
@@ -120,12 +120,6 @@ def _state(workdir, step):
         mngr.close()
 
 
-def _assert_same_leaves(a, b):
-    assert len(a) == len(b) > 0
-    for u, v in zip(a, b):
-        np.testing.assert_array_equal(u, v)
-
-
 def _steps(workdir, subdir=train.LAST_SUBDIR):
     path = os.path.join(workdir, subdir)
     return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(
@@ -151,7 +145,7 @@ def test_resume_is_exact_and_teacher_checks(datasets, full, tmp_path):
     assert resumed["step"] == full[1]["step"] == 8 and full[1]["steps_per_epoch"] == 4
     a, _ = train.load_student(full[0], "last")
     b, meta = train.load_student(str(tmp_path / "cut"), "last")
-    _assert_same_leaves(jax.tree.leaves(a), jax.tree.leaves(b))
+    assert_same_leaves(jax.tree.leaves(a), jax.tree.leaves(b))
     assert resumed["best_acc"] == full[1]["best_acc"] and meta["model"] == "tiny4"
     assert 0.0 <= full[1]["best_acc"] <= 1.0 and full[1]["best_acc"] >= full[1]["last_acc"]
 
@@ -185,7 +179,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_good_one(datasets, full, tm
                                                               "8"))
     got, meta = _state(w, 8)
     want, want_meta = _state(full[0], 8)
-    _assert_same_leaves(got, want)
+    assert_same_leaves(got, want)
     assert meta["history"] == want_meta["history"] and len(meta["history"]) == 2
     # best/ and the metrics agree with the resumed run: no duplicated steps.
     assert _steps(w, train.BEST_SUBDIR) == [4 * full[1]["best_epoch"]]
@@ -206,7 +200,7 @@ def test_corrupt_checkpoint_then_more_epochs_matches_an_uninterrupted_run(
     assert (res["step"], res["epoch"]) == (12, 3.0)
     got, meta = _state(w, 12)
     want, want_meta = _state(full3[0], 12)
-    _assert_same_leaves(got, want)
+    assert_same_leaves(got, want)
     assert meta["history"] == want_meta["history"] and len(meta["history"]) == 3
     assert (res["best_acc"], res["best_epoch"]) == (full3[1]["best_acc"],
                                                    full3[1]["best_epoch"])
@@ -230,8 +224,8 @@ def test_corrupt_best_is_taken_from_the_kept_checkpoints(datasets, full, tmp_pat
                          r"checkpoint left" % best[0], m) for m in msgs), msgs
     assert any(re.search(r"no good best/ checkpoint; using the best epoch's .*step %d"
                          % best[0], m) for m in msgs), msgs
-    _assert_same_leaves(jax.tree.leaves(stacked),
-                        [np.asarray(x)[None] for x in jax.tree.leaves(want)])
+    assert_same_leaves(jax.tree.leaves(stacked),
+                       [np.asarray(x)[None] for x in jax.tree.leaves(want)])
     assert os.path.isdir(os.path.join(w, train.BEST_SUBDIR, "corrupt", str(best[0])))
     with pytest.warns(RuntimeWarning, match=r"restored it from checkpoints/ step %d" % best[0]):
         res = train.train_and_evaluate(_config("ce", num_epochs=3, extend=True), w,
@@ -240,7 +234,7 @@ def test_corrupt_best_is_taken_from_the_kept_checkpoints(datasets, full, tmp_pat
     got, meta = train.load_student(w, "best")
     assert meta["best_acc"] == res["best_acc"] and meta["step"] == 4 * res["best_epoch"]
     if res["best_epoch"] == full[1]["best_epoch"]:
-        _assert_same_leaves(jax.tree.leaves(got), jax.tree.leaves(want))
+        assert_same_leaves(jax.tree.leaves(got), jax.tree.leaves(want))
 
 
 def test_fallback_keeps_a_newer_best_until_the_run_makes_it_again(datasets, tmp_path,
@@ -268,14 +262,14 @@ def test_fallback_keeps_a_newer_best_until_the_run_makes_it_again(datasets, tmp_
     assert not [r for r in record if "is lost" in str(r.message)]
     assert _steps(w, train.BEST_SUBDIR) == [12]
     got, meta = train.load_student(w, "best")
-    _assert_same_leaves(jax.tree.leaves(got), jax.tree.leaves(want))
+    assert_same_leaves(jax.tree.leaves(got), jax.tree.leaves(want))
     script[:] = [0.7]
     res = train.train_and_evaluate(_config("ce", num_epochs=3), w, datasets=datasets)
     assert (res["best_acc"], res["best_epoch"], res["step"]) == (0.7, 3, 12)
     assert _state(w, 12)[1]["history"] == [0.5, 0.3, 0.7]
     got, meta = train.load_student(w, "best")
     assert (meta["best_acc"], meta["best_step"]) == (0.7, 12)
-    _assert_same_leaves(jax.tree.leaves(got), jax.tree.leaves(want))   # bitwise re-made
+    assert_same_leaves(jax.tree.leaves(got), jax.tree.leaves(want))   # bitwise re-made
 
 
 def test_checkpoint_without_settings_record_is_resumed_with_a_warning(datasets, full,
@@ -297,7 +291,7 @@ def test_checkpoint_without_settings_record_is_resumed_with_a_warning(datasets, 
                                             r"teacher could be compared"):
         res = train.train_and_evaluate(_config("ce"), w, datasets=datasets)
     assert res["step"] == 8 and _state(w, 8)[1]["settings"] == train.settings(_config("ce"))
-    _assert_same_leaves(_state(w, 8)[0], _state(full[0], 8)[0])
+    assert_same_leaves(_state(w, 8)[0], _state(full[0], 8)[0])
 
 
 # ------------------------------------------------------------------------ NaN / inf
@@ -341,7 +335,7 @@ def test_divergence_keeps_the_last_good_checkpoint(datasets, full, tmp_path, mon
     monkeypatch.setattr(train, "train_step", step_fn)
     res = train.train_and_evaluate(_config("ce"), w, datasets=datasets)
     assert res["step"] == 8 and res["best_acc"] == full[1]["best_acc"]
-    _assert_same_leaves(_state(w, 8)[0], _state(full[0], 8)[0])
+    assert_same_leaves(_state(w, 8)[0], _state(full[0], 8)[0])
 
 
 # ------------------------------------------------------------------ settings on resume
@@ -408,7 +402,7 @@ def test_more_epochs_need_extend_and_counters_continue(datasets, full, full3, tm
                                                                          (12, 3)]
     assert [r["step"] for r in _rows(w, "train")] == [2, 4, 6, 8, 10, 12]
     got, meta = _state(w, 12)
-    _assert_same_leaves(got, _state(full3[0], 12)[0])
+    assert_same_leaves(got, _state(full3[0], 12)[0])
     assert meta["epoch"] == 3 and meta["history"][:2] == _state(full[0], 8)[1]["history"]
     assert res["best_acc"] == max(meta["history"]) == full3[1]["best_acc"]
     best, best_meta = train.load_student(w, "best")

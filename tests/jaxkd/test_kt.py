@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from faults import flip_bit, largest_file, truncate
+from faults import assert_same_leaves, flip_bit, largest_file, truncate
 
 from configs.kd import kt as kt_config
 from jaxinfra import checkpoints
@@ -191,12 +191,6 @@ def _state(workdir, epoch):
         mngr.close()
 
 
-def _assert_same(a, b):
-    assert len(a) == len(b) > 0
-    for u, v in zip(a, b):
-        np.testing.assert_array_equal(u, v)
-
-
 def _metric_steps(workdir, key):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [r["step"] for r in map(json.loads, f) if key in r]
@@ -210,7 +204,7 @@ def test_resume_is_exact(tiny, tmp_path):
     assert first["epochs_done"] == 1
     second = kt.run(cfg, resumed)
     assert second["epochs_done"] == result["epochs_done"] == 2
-    _assert_same(_state(workdir, 2), _state(resumed, 2))
+    assert_same_leaves(_state(workdir, 2), _state(resumed, 2))
     assert second["accuracy"]["translated_final"] == result["accuracy"]["translated_final"]
     assert second["evals"] == result["evals"]          # epoch 1's evaluation is kept
 
@@ -243,7 +237,7 @@ def test_corrupt_checkpoint_and_pair_chunk_are_recovered(tiny, tmp_path):
         assert sorted(new.files) == sorted(old.files)
         for k in old.files:
             np.testing.assert_array_equal(new[k], old[k])
-    _assert_same(_state(w, 2), _state(workdir, 2))
+    assert_same_leaves(_state(w, 2), _state(workdir, 2))
     assert again["accuracy"] == result["accuracy"] and again["evals"] == result["evals"]
     assert _metric_steps(w, "train/loss") == [1, 2]
 
