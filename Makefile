@@ -26,9 +26,11 @@ demo-fashion: $(STAMP) fashion-data
 	$(VPY) -m jaxdiff.bench --config=configs/bench_fashion_mnist.py --workdir=runs/fashion
 
 # Tests read no data set installed on the machine: conftest.py points JAXINFRA_DATA_PATH
-# at fixture files it writes (.ci/run also hides the default folder).
+# at fixture files it writes (.ci/run also hides the default folder). --dist loadscope
+# sends each test module to one worker, so module-scoped fixtures (tiny training runs)
+# are computed once.
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(VPY) -m pytest -q -n auto --dist loadgroup tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(VPY) -m pytest -q -n auto --dist loadscope tests
 
 lint: $(STAMP)
 	$(VPY) -m ruff check .

@@ -14,6 +14,11 @@ if os.environ.get("PYTEST_XDIST_WORKER") is None and "JAX_COMPILATION_CACHE_DIR"
     import tempfile
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxlab-test-xla-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+# The suite compiles hundreds of small programs and runs most of them once, so XLA's
+# compile time dominates: tests ask for fast compiles (LLVM and backend optimisation off).
+# Measured on 2 cores: 6.9 min instead of 9.3. Every assertion also holds with the
+# optimised compiles users get (``JAX_DISABLE_MOST_OPTIMIZATIONS=0 make test``).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -8,9 +8,6 @@ import jaxdiff
 from jaxdiff import amed, schedules
 from jaxdiff.training import amed as amed_training
 
-# Its module-scoped runs are computed once: the whole file goes to one xdist worker.
-pytestmark = pytest.mark.xdist_group("amed")
-
 
 def _neutral(base, num_steps, afs=True, **opts):
     """Zero parameters: r = 0.5 (geometric midpoint), c = 1, t = 1."""

@@ -10,9 +10,6 @@ from jaxdiff.models import noisy_classifier as nc
 from jaxdiff.training import noisy_classifier as nc_train
 from jaxinfra import datasets as data
 
-# Its module-scoped runs are computed once: the whole file goes to one xdist worker.
-pytestmark = pytest.mark.xdist_group("noisy_classifier")
-
 TINY = {"num_classes": 2, "width": 4, "features": 8, "emb_channels": 8, "num_steps": 60,
         "batch_size": 32, "lr": 1e-2, "sigma_min": 0.01, "sigma_max": 80.0,
         "log_every": 30, "checkpoint_every": 60, "progress": False}

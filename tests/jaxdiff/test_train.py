@@ -15,9 +15,6 @@ from jaxdiff.models import unet
 from jaxdiff.training import edm as train
 from jaxinfra import checkpoints
 
-# Its module-scoped runs are computed once: the whole file goes to one xdist worker.
-pytestmark = pytest.mark.xdist_group("edm_train")
-
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):

@@ -18,9 +18,6 @@ from jaxgraph.kge import step as kge_step
 from jaxinfra import checkpoints
 from jaxinfra.finite import NonFiniteError
 
-# Its module-scoped runs are computed once: the whole file goes to one xdist worker.
-pytestmark = pytest.mark.xdist_group("kge_faults")
-
 
 def _config(**train):
     """rotate on the generated graph (128 training triples), 2 epochs of 8 steps, a

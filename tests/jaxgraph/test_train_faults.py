@@ -14,9 +14,6 @@ from jaxgraph import oad, train
 from jaxinfra import checkpoints
 from jaxinfra.finite import NonFiniteError
 
-# Its module-scoped runs are computed once: the whole file goes to one xdist worker.
-pytestmark = pytest.mark.xdist_group("gnn_faults")
-
 
 def _gnn(**fields):
     """GCN on Cora, 5 epochs, metrics every epoch, checkpoints at 2, 4, 5 (keeps 4, 5)."""

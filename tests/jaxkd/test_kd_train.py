@@ -27,9 +27,6 @@ from jaxinfra import checkpoints
 from jaxinfra import mesh as mesh_lib
 from jaxkd import data, train
 
-# Its module-scoped runs are computed once: the whole file goes to one xdist worker.
-pytestmark = pytest.mark.xdist_group("kd_train")
-
 REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 

@@ -26,9 +26,6 @@ from jaxkd import kt
 from jaxkd.kt import nets
 from jaxkd.kt import pairs as pairs_lib
 
-# Its module-scoped runs are computed once: the whole file goes to one xdist worker.
-pytestmark = pytest.mark.xdist_group("kt")
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
