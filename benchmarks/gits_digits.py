@@ -69,8 +69,9 @@ def run_regime(regime, flat, cfg, x_warm, x_eval):
         n = nfe + 1
         search_kw = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, batch_size=cfg["batch"],
                          return_info=True)
-        s_gits, info = gits.search(den, x_warm, n, **search_kw)
-        s_afs, info_afs = gits.search(den, x_warm, n, afs=True, student="ipndm", **search_kw)
+        s_gits, info = gits.search(den, x_warm, n, metric="dev", **search_kw)
+        s_afs, info_afs = gits.search(den, x_warm, n, metric="dev", afs=True,
+                                      student="ipndm", **search_kw)
         s_l2, info_l2 = gits.search(den, x_warm, n, metric="l2", **search_kw)
         scheds = {"poly": schedules.get("polynomial", n, SIGMA_MIN, SIGMA_MAX),
                   "gits": s_gits, "gits_afs": s_afs, "gits_l2": s_l2}

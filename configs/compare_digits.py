@@ -27,13 +27,19 @@ def get_config(arg=None):
     c.edm_config = "configs.edm_digits"    # its classifier scores the Frechet distance
     c.edm_config_arg = ""                  # the option string of edm_config (e.g. "cpu")
     c.fd = True
-    c.methods = ("ipndm", "ipndm+gits", "ddim+gits", "ipndm+amed", "amed", "dpmpp", "unipc")
+    c.methods = ("ipndm", "ipndm+gits", "ipndm+gits_dev", "ddim+gits", "ipndm+amed", "amed",
+                 "dpmpp", "unipc")
     c.nfes = tuple(range(3, 11))
     c.num_eval = 256
     c.reference_steps = 513
     c.gits_grid = 61
     c.gits_warmup = 256
     c.gits_coeff = 1.15
+    # GITS search (jaxdiff.gits.search): "select" keeps whichever of the candidates' schedules
+    # the student does best with on the warm-up noises; "dev" is the reference's cost alone.
+    # The "+gits_dev" methods always use "dev".
+    c.gits_metric = "select"               # select | dev | l2 | l1
+    c.gits_candidates = ("dev", "l2", "base")
     c.amed_trajectories = 10_240
     c.amed_batch = 128
     c.feature_dim = 64

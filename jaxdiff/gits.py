@@ -13,12 +13,17 @@ derivative d[i], compared with the teacher's point X[j]. The DP picks the path
     sigmas = gits.search(denoise_fn, x_T, num_steps=7)        # 6 steps, from a 61-point grid
     x0 = jaxdiff.sample(denoise_fn, 80.0 * z, sigmas, solver="ipndm")
 
-Three layers, each usable alone:
+Layers, each usable alone:
   * :func:`cost_matrix`: the (M, M) cost from given teacher trajectories (jitted).
-  * :func:`teacher_cost_matrix`: runs the teacher in batches and averages the cost; one
-    pass serves any number of step counts and coefficients.
+  * :func:`run_teacher` (:func:`teacher_cost_matrix` for one metric): runs the teacher
+    in batches and averages the costs; one pass serves any number of step counts,
+    coefficients and metrics.
   * :func:`dp_schedule`: the DP and its backtracking (numpy, O(K M^2)).
+  * :func:`select_schedule`: the DP schedules of several costs and the base schedule,
+    judged by the student's error to the teacher on the warm-up noises.
 :func:`search` chains them and returns the sigmas (optionally with a :class:`SearchInfo`).
+Its default (``metric="select"``) is robust on trained denoisers; ``metric="dev"`` is
+the reference code's search (see :func:`search` for when each is right).
 
 Conventions follow the reference code (gits-main): sigma is time, no final step to 0,
 ``num_steps`` counts timestamps. The regression schedule of the reference README,
@@ -42,10 +47,12 @@ from jaxdiff import solvers as solvers_lib
 from jaxdiff.sampling import nfe as count_nfe
 from jaxdiff.sampling import sample
 
-__all__ = ["METRICS", "SearchInfo", "cost_matrix", "teacher_cost_matrix", "dp_schedule",
-           "search"]
+__all__ = ["METRICS", "DEFAULT_CANDIDATES", "TeacherRun", "Selection", "SearchInfo",
+           "cost_matrix", "run_teacher", "teacher_cost_matrix", "dp_schedule",
+           "select_schedule", "search"]
 
 METRICS = ("l1", "l2", "dev")
+DEFAULT_CANDIDATES = ("dev", "l2", "base")
 
 
 # ------------------------------------------------------------------------ cost matrix
@@ -129,13 +136,15 @@ def cost_matrix(xs, ds, grid, metric: str = "dev"):
         is the distance of y from the chord line through a = x_T and b = x_0 of the same
         trajectory. This is the reference code's *signed* difference, kept as written:
         positive when the jump lands farther from the chord than the teacher. Sampling
-        trajectories bulge away from the chord ("boomerang") and a tangent jump
-        overshoots outwards, so entries are positive except at noise level: on digits
-        (GMM denoiser, iPNDM teacher) 1-3% of the entries are negative, all short jumps
-        with i >= 51 of 61 and magnitude <= 0.004 against costs up to 3, so taking the
-        absolute value would not change the DP. A negative entry would reward a jump
-        that cuts inside the teacher's curve. The metric sees only the deviation
-        orthogonal to the chord; ``"l2"`` is a true distance.
+        trajectories of an exact denoiser bulge away from the chord ("boomerang") and a
+        tangent jump overshoots outwards, so entries are positive except at noise
+        level: on digits (GMM denoiser, iPNDM teacher) 1-3% of the entries are
+        negative, all short jumps near sigma_min with magnitude <= 0.004. A trained
+        network that is inaccurate at high noise breaks this: on the digits U-Net 14%
+        of the entries were negative (down to -0.65), the DP bought those jumps and the
+        schedule lost to the polynomial one (see :func:`search`, ``metric="select"``).
+        The metric sees only the deviation orthogonal to the chord; ``"l2"`` is a true
+        distance.
 
     Args:
       xs: (M, B, ...) teacher trajectories on ``grid``; xs[0] = x_T, xs[-1] = x_0.
@@ -182,12 +191,29 @@ def _check_noise(x_T):
     return x_T
 
 
-def teacher_cost_matrix(denoise_fn: Callable, x_T, grid, *, teacher: str = "ipndm",
-                        teacher_options: Optional[dict] = None, metric: str = "dev",
-                        batch_size: Optional[int] = None, _keep_last: bool = False):
-    """Runs the teacher on ``grid`` in batches and averages :func:`cost_matrix`.
+class TeacherRun(NamedTuple):
+    """What a search keeps of the teacher's trajectories on the fine grid.
 
-    The cost is the exact mean over all B trajectories (batch sums divided by B; the
+    Attributes:
+      grid: (M,) the fine teacher grid, strictly decreasing.
+      costs: ``{metric: (M, M) numpy float64 cost matrix}`` (+inf where i >= j).
+      x_T: (B, ...) the warm-up states the teacher started from.
+      x_end: (B, ...) the teacher's end points at ``grid[-1]``.
+      teacher_nfe: denoiser calls per teacher trajectory (60 for ipndm on 61 points).
+    """
+    grid: jnp.ndarray
+    costs: dict
+    x_T: jnp.ndarray
+    x_end: jnp.ndarray
+    teacher_nfe: int
+
+
+def run_teacher(denoise_fn: Callable, x_T, grid, *, teacher: str = "ipndm",
+                teacher_options: Optional[dict] = None, metrics=("dev",),
+                batch_size: Optional[int] = None) -> TeacherRun:
+    """Runs the teacher on ``grid`` in batches; one pass gives the cost of every metric.
+
+    Each cost is the exact mean over all B trajectories (batch sums divided by B; the
     reference averages per-round means, the same thing for equal rounds).
 
     Args:
@@ -199,28 +225,45 @@ def teacher_cost_matrix(denoise_fn: Callable, x_T, grid, *, teacher: str = "ipnd
         sigma_n from the returned trajectory (exact for every solver whose ``denoised``
         is evaluated at X[n], i.e. all but ``unipc``).
       teacher_options: teacher solver options, e.g. ``{"max_order": 4}``.
-      metric: one of :data:`METRICS`.
-      batch_size: trajectories per teacher run (bounds memory to
-        O(M * batch_size * D)); None runs all B at once.
+      metrics: names from :data:`METRICS`.
+      batch_size: trajectories per run (bounds memory to O(M * batch_size * D)); None
+        runs all B at once.
 
     Returns:
-      (M, M) numpy float64 cost matrix, +inf where i >= j.
+      A :class:`TeacherRun`.
     """
-    _check_metric(metric)
+    metrics = tuple(metrics)
+    for metric in metrics:
+        _check_metric(metric)
     _check_batch_size(batch_size)
     x_T = _check_noise(x_T)
     teacher_options = dict(teacher_options or {})
     solvers_lib.get(teacher, **teacher_options)
     grid = jnp.asarray(grid, x_T.dtype)
-    total = None
-    last = None
+    totals = dict.fromkeys(metrics, 0.0)
+    ends = []
     for xb in _teacher_batches(x_T, batch_size):
         xs, ds = _teacher_run(denoise_fn, xb, grid, teacher, teacher_options)
-        part = np.asarray(_cost_sum(xs, ds, grid, metric), np.float64)
-        total = part if total is None else total + part
-        last = (xb, xs[-1])
-    cost = total / x_T.shape[0]
-    return (cost, last) if _keep_last else cost
+        for m in metrics:
+            totals[m] = totals[m] + np.asarray(_cost_sum(xs, ds, grid, m), np.float64)
+        ends.append(xs[-1])
+    return TeacherRun(grid=grid, costs={m: totals[m] / x_T.shape[0] for m in metrics},
+                      x_T=x_T, x_end=jnp.concatenate(ends),
+                      teacher_nfe=count_nfe(teacher, grid.shape[0], **teacher_options))
+
+
+def teacher_cost_matrix(denoise_fn: Callable, x_T, grid, *, teacher: str = "ipndm",
+                        teacher_options: Optional[dict] = None, metric: str = "dev",
+                        batch_size: Optional[int] = None):
+    """The cost matrix of one ``metric`` from :func:`run_teacher` (same arguments).
+
+    Returns:
+      (M, M) numpy float64 cost matrix, +inf where i >= j.
+    """
+    _check_metric(metric)
+    return run_teacher(denoise_fn, x_T, grid, teacher=teacher,
+                       teacher_options=teacher_options, metrics=(metric,),
+                       batch_size=batch_size).costs[metric]
 
 
 # ------------------------------------------------------------------------------- DP
@@ -286,6 +329,106 @@ def dp_schedule(cost, num_steps: int, coeff: float = 1.15) -> np.ndarray:
     return np.asarray(path, dtype=np.int64)
 
 
+# ------------------------------------------------------------------------- selection
+
+
+def _student_error(denoise_fn, run: TeacherRun, sigmas, student, student_options,
+                   afs=False) -> float:
+    """Mean L2 distance of the student's end points to the teacher's, warm-up noises."""
+    out = sample(denoise_fn, run.x_T, jnp.asarray(sigmas, run.x_T.dtype), solver=student,
+                 afs=afs, **student_options)
+    diff = (out - run.x_end).reshape(out.shape[0], -1)
+    return float(jnp.mean(jnp.linalg.norm(diff, axis=1)))
+
+
+def _check_candidates(candidates):
+    candidates = tuple(candidates)
+    valid = METRICS + ("base",)
+    if not candidates or any(c not in valid for c in candidates) \
+            or len(set(candidates)) != len(candidates):
+        raise ValueError(f"candidates must be distinct names from {list(valid)}, got "
+                         f"{list(candidates)}")
+    return candidates
+
+
+def _base_kw(base, base_kw):
+    if base_kw is None:
+        return {"rho": 7.0} if base == "polynomial" else {}
+    return dict(base_kw)
+
+
+class Selection(NamedTuple):
+    """The schedule :func:`select_schedule` chose, and why.
+
+    Attributes:
+      sigmas: (num_steps,) the chosen schedule.
+      selected: the winning candidate: a metric name, or ``"base"``.
+      indices: (num_steps,) grid indices of the chosen DP path; None for ``"base"``.
+      errors: ``{candidate: mean L2 error to the teacher on the warm-up noises}``.
+      model_calls: per-sample denoiser calls of the student runs, summed over the batch.
+    """
+    sigmas: jnp.ndarray
+    selected: str
+    indices: Optional[np.ndarray]
+    errors: dict
+    model_calls: int
+
+
+def select_schedule(denoise_fn: Callable, run: TeacherRun, num_steps: int, *,
+                    coeff: float = 1.15, candidates=DEFAULT_CANDIDATES,
+                    base: str = "polynomial", base_kw: Optional[dict] = None,
+                    student: str = "ipndm",
+                    student_options: Optional[dict] = None) -> Selection:
+    """The candidate schedule whose student run lands closest to the teacher.
+
+    Each metric in ``candidates`` gives a DP schedule (:func:`dp_schedule` on
+    ``run.costs[metric]``); ``"base"`` is the base schedule itself,
+    ``schedules.get(base, num_steps, grid[-1], grid[0], **base_kw)``. The student solver
+    samples every candidate from the warm-up states ``run.x_T``; the one with the lowest
+    mean L2 distance to the teacher's end points ``run.x_end`` wins (ties: the first in
+    ``candidates``). The DP cost is a proxy (a sum of one-step errors); this measures
+    the quantity it stands for, on noises the search already paid the teacher for, at
+    ``len(candidates) * (num_steps - 1)`` student calls per warm-up sample.
+
+    Args:
+      denoise_fn: the denoiser the teacher ran on.
+      run: a :class:`TeacherRun` holding the cost of every metric in ``candidates``.
+      num_steps: timestamps of the student schedule, 2 <= num_steps <= M.
+      coeff: DP coefficient (see :func:`dp_schedule`).
+      candidates: names from :data:`METRICS` and ``"base"``.
+      base, base_kw: the base schedule (default polynomial, rho = 7).
+      student, student_options: the solver the schedule is for.
+
+    Returns:
+      A :class:`Selection`.
+    """
+    candidates = _check_candidates(candidates)
+    missing = [c for c in candidates if c != "base" and c not in run.costs]
+    if missing:
+        raise ValueError(f"the teacher run has no cost for {missing}; it has "
+                         f"{list(run.costs)}")
+    student_options = dict(student_options or {})
+    solvers_lib.get(student, **student_options)
+    grid = run.grid
+    options = {}
+    for name in candidates:
+        if name == "base":
+            sigmas = schedules.get(base, int(num_steps), float(grid[-1]), float(grid[0]),
+                                   **_base_kw(base, base_kw))
+            options[name] = (jnp.asarray(sigmas, grid.dtype), None)
+        else:
+            indices = dp_schedule(run.costs[name], num_steps, coeff)
+            options[name] = (grid[indices], indices)
+    errors = {name: _student_error(denoise_fn, run, sigmas, student, student_options)
+              for name, (sigmas, _) in options.items()}
+    selected = min(candidates, key=lambda name: errors[name])
+    sigmas, indices = options[selected]
+    calls = len(candidates) * run.x_T.shape[0] * count_nfe(student, int(num_steps),
+                                                            **student_options)
+    return Selection(sigmas=sigmas, selected=selected, indices=indices, errors=errors,
+                     model_calls=int(calls))
+
+
 # ---------------------------------------------------------------------------- search
 
 
@@ -293,48 +436,99 @@ class SearchInfo(NamedTuple):
     """Details of a :func:`search`.
 
     Attributes:
-      indices: (num_steps,) grid indices of the schedule ((num_steps + 1,) with AFS).
+      indices: (num_steps,) grid indices of the schedule ((num_steps + 1,) with AFS);
+        None when the base schedule was selected (it need not lie on the grid).
       grid: (M,) the fine teacher grid.
-      cost: (M, M) the averaged cost matrix (numpy float64; +inf where i >= j).
+      cost: (M, M) the averaged cost matrix of the metric that made the schedule
+        (numpy float64; +inf where i >= j); None when the base schedule was selected.
       teacher_nfe: denoiser calls per teacher trajectory (60 for ipndm on 61 points).
-      model_calls: per-sample denoiser evaluations in all: teacher_nfe * B plus, with
-        AFS, the student runs on the last batch.
+      model_calls: per-sample denoiser evaluations in all: teacher_nfe * B plus the
+        student runs of the selection and of AFS.
       seconds: wall time of the search, compilation included.
-      afs_index: the inserted grid index with AFS (None without AFS, or when
-        indices[1] == 1 left no grid point to insert).
-      afs_errors: with AFS, the student's mean final L2 error for each candidate
-        k = 1 .. phi[1] - 1 (else None).
+      afs_index: the inserted grid index with AFS (None without AFS, or when no grid
+        point lies between the first two timestamps).
+      afs_errors: with AFS, the student's mean final L2 error for each candidate grid
+        point, in grid order (else None).
+      selected: the metric whose DP schedule was returned, or ``"base"``.
+      candidate_errors: with ``metric="select"``, each candidate's mean L2 error to the
+        teacher on the warm-up noises (else None).
     """
-    indices: np.ndarray
+    indices: Optional[np.ndarray]
     grid: jnp.ndarray
-    cost: np.ndarray
+    cost: Optional[np.ndarray]
     teacher_nfe: int
     model_calls: int
     seconds: float
     afs_index: Optional[int] = None
     afs_errors: Optional[np.ndarray] = None
+    selected: str = "dev"
+    candidate_errors: Optional[dict] = None
+
+
+def _check_int_in(name, value, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not low <= value <= (high if high is not None else value):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+
+
+def _insert_afs_point(denoise_fn, run, sigmas, indices, student, student_options):
+    """AFS: the grid point between sigmas[0] and sigmas[1] the student does best with."""
+    grid = run.grid
+    candidates = np.flatnonzero((np.asarray(grid) < float(sigmas[0]))
+                                & (np.asarray(grid) > float(sigmas[1])))
+    if candidates.size == 0:
+        warnings.warn("GITS AFS: no grid point lies between the first two timestamps, so "
+                      "none can be inserted; returning the schedule without AFS (sample "
+                      "it with afs=False)", stacklevel=3)
+        return sigmas, indices, None, None, 0
+    errors = np.asarray([
+        _student_error(denoise_fn, run, jnp.concatenate([sigmas[:1], grid[k:k + 1],
+                                                         sigmas[1:]]),
+                       student, student_options, afs=True) for k in candidates])
+    k = int(candidates[int(np.argmin(errors))])
+    sigmas = jnp.concatenate([sigmas[:1], grid[k:k + 1], sigmas[1:]])
+    if indices is not None:
+        indices = np.concatenate([[0, k], indices[1:]]).astype(np.int64)
+    calls = candidates.size * run.x_T.shape[0] * count_nfe(
+        student, len(sigmas), afs=True, **student_options)
+    return sigmas, indices, k, errors, calls
 
 
 def search(denoise_fn: Callable, x_T, num_steps: int, *, grid_size: int = 61,
            base: str = "polynomial", base_kw: Optional[dict] = None,
            sigma_min: float = 0.002, sigma_max: float = 80.0, teacher: str = "ipndm",
            teacher_options: Optional[dict] = None, coeff: float = 1.15,
-           metric: str = "dev", afs: bool = False, student: str = "ipndm",
-           student_options: Optional[dict] = None, batch_size: Optional[int] = None,
-           return_info: bool = False):
+           metric: str = "select", candidates=DEFAULT_CANDIDATES, afs: bool = False,
+           student: str = "ipndm", student_options: Optional[dict] = None,
+           batch_size: Optional[int] = None, return_info: bool = False):
     """Searches a GITS schedule of ``num_steps`` timestamps for ``denoise_fn``.
 
     1. Fine grid: ``schedules.get(base, grid_size, sigma_min, sigma_max, **base_kw)``
        (defaults: polynomial, rho = 7 as in the reference; 61 points).
     2. Teacher trajectories on the grid from ``x_T``, in batches of ``batch_size``, and
-       their averaged cost matrix (:func:`teacher_cost_matrix`). NFE: ``teacher_nfe``
-       per trajectory (60 for iPNDM-4 on 61 points).
-    3. :func:`dp_schedule` with ``coeff``; sigmas = ``grid[indices]``.
-    4. With ``afs=True``: for each grid index k with 0 < k < phi[1], the student runs
-       ``jaxdiff.sample(..., afs=True)`` on ``grid[[0, k, phi[1], ...]]`` from the last
-       warm-up batch; the k with the lowest mean L2 distance to the teacher's final
-       points is inserted. The schedule then has num_steps + 1 timestamps but, sampled
-       with ``afs=True``, the same NFE for one-call solvers (heun and dpm2 pay +1).
+       their averaged cost matrices (:func:`run_teacher`). NFE: ``teacher_nfe`` per
+       trajectory (60 for iPNDM-4 on 61 points).
+    3. With a metric from :data:`METRICS`: :func:`dp_schedule` with ``coeff`` on that
+       cost, sigmas = ``grid[indices]`` (``metric="dev"`` is the reference code).
+       With ``metric="select"`` (default): :func:`select_schedule` over ``candidates``
+       (DP schedules of "dev" and "l2", and the base schedule itself), judged by the
+       ``student`` solver's error to the teacher on the warm-up noises.
+    4. With ``afs=True``: for each grid point strictly between the first two timestamps,
+       the student runs ``jaxdiff.sample(..., afs=True)`` with that point inserted; the
+       one with the lowest mean L2 distance to the teacher's end points is inserted. The
+       schedule then has num_steps + 1 timestamps but, sampled with ``afs=True``, the
+       same NFE for one-call solvers (heun and dpm2 pay +1).
+
+    Which metric when: "dev" (the reference) is right for exact or very accurate
+    denoisers, where its signed entries are almost all positive (digits GMM, iPNDM,
+    NFE 5: error 0.64-0.69 against 1.10 for the polynomial schedule). On trained
+    networks that are poor at high noise, 14% of its entries were negative (U-Net on
+    digits, down to -0.65): the DP then buys a useless early node, and the schedule can
+    be worse than the polynomial one at every NFE. "l2" is a true distance and robust,
+    but on exact denoisers a little worse than "dev". "select" runs both and keeps
+    whichever (or the base schedule) the student does best with on the warm-up noises,
+    so it is never worse than the base schedule there, for a few student runs more.
 
     Args:
       denoise_fn: ``denoise_fn(x, sigma) -> D(x; sigma)`` as for :func:`jaxdiff.sample`.
@@ -348,9 +542,11 @@ def search(denoise_fn: Callable, x_T, num_steps: int, *, grid_size: int = 61,
       sigma_min, sigma_max: grid end points (sigma units).
       teacher: teacher solver; ``teacher_options`` its options (ipndm: max_order 4).
       coeff: DP coefficient c > 0 (reference: 1.15; 1.20 for Stable Diffusion).
-      metric: one of :data:`METRICS` (reference default "dev").
-      afs: the AFS variant above; ``student`` and ``student_options`` name the solver it
-        scores candidates with.
+      metric: one of :data:`METRICS`, or ``"select"``.
+      candidates: with ``metric="select"``, names from :data:`METRICS` and "base".
+      afs: the AFS variant above.
+      student, student_options: the solver the schedule is for; it judges the
+        candidates of ``"select"`` and of AFS.
       batch_size: teacher trajectories per run; None runs all B at once.
       return_info: also return a :class:`SearchInfo`.
 
@@ -363,59 +559,49 @@ def search(denoise_fn: Callable, x_T, num_steps: int, *, grid_size: int = 61,
         any teacher run.
     """
     t_start = time.perf_counter()
-    if isinstance(grid_size, bool) or not isinstance(grid_size, (int, np.integer)) \
-            or grid_size < 2:
-        raise ValueError(f"grid_size must be an int >= 2, got {grid_size!r}")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) \
-            or not 2 <= num_steps <= grid_size:
-        raise ValueError(f"num_steps (timestamps) must be an int in [2, grid_size="
-                         f"{grid_size}], got {num_steps!r}")
+    _check_int_in("grid_size", grid_size, 2)
+    _check_int_in("num_steps (timestamps, at most grid_size)", num_steps, 2, grid_size)
     _check_dp_inputs(np.zeros((2, 2)), 2, coeff)
-    _check_metric(metric)
+    if metric != "select":
+        _check_metric(metric)
+    metrics = (metric,) if metric != "select" else tuple(
+        c for c in _check_candidates(candidates) if c != "base")
     _check_batch_size(batch_size)
     x_T = _check_noise(x_T)
-    teacher_options = dict(teacher_options or {})
     student_options = dict(student_options or {})
-    solvers_lib.get(teacher, **teacher_options)
-    if afs:
-        solvers_lib.get(student, **student_options)
-    if base_kw is None:
-        base_kw = {"rho": 7.0} if base == "polynomial" else {}
-    grid = jnp.asarray(schedules.get(base, grid_size, sigma_min, sigma_max, **base_kw),
-                       x_T.dtype)
+    solvers_lib.get(teacher, **dict(teacher_options or {}))
+    solvers_lib.get(student, **student_options)
+    base_kw = _base_kw(base, base_kw)
+    grid = schedules.get(base, grid_size, sigma_min, sigma_max, **base_kw)
 
-    cost, (x_last, teacher_last) = teacher_cost_matrix(
-        denoise_fn, x_T, grid, teacher=teacher, teacher_options=teacher_options,
-        metric=metric, batch_size=batch_size, _keep_last=True)
-    indices = dp_schedule(cost, num_steps, coeff)
-    teacher_nfe = count_nfe(teacher, grid_size, **teacher_options)
-    model_calls = teacher_nfe * x_T.shape[0]
+    run = run_teacher(denoise_fn, x_T, grid, teacher=teacher,
+                      teacher_options=teacher_options, metrics=metrics,
+                      batch_size=batch_size)
+    model_calls = run.teacher_nfe * x_T.shape[0]
+    candidate_errors = None
+    if metric == "select":
+        chosen = select_schedule(denoise_fn, run, num_steps, coeff=coeff,
+                                 candidates=candidates, base=base, base_kw=base_kw,
+                                 student=student, student_options=student_options)
+        sigmas, indices, selected = chosen.sigmas, chosen.indices, chosen.selected
+        candidate_errors = chosen.errors
+        model_calls += chosen.model_calls
+    else:
+        indices = dp_schedule(run.costs[metric], num_steps, coeff)
+        sigmas, selected = run.grid[indices], metric
 
     afs_index = afs_errors = None
     if afs:
-        candidates = np.arange(1, indices[1])
-        if candidates.size == 0:
-            warnings.warn("GITS AFS: the first DP step is one grid interval, so no grid "
-                          "point can be inserted; returning the schedule without AFS "
-                          "(sample it with afs=False)", stacklevel=2)
-        else:
-            errors = []
-            for k in candidates:
-                trial = grid[np.concatenate([[0, k], indices[1:]])]
-                out = sample(denoise_fn, x_last, trial, solver=student, afs=True,
-                             **student_options)
-                errors.append(float(jnp.mean(jnp.linalg.norm(
-                    (out - teacher_last).reshape(out.shape[0], -1), axis=1))))
-            afs_errors = np.asarray(errors)
-            afs_index = int(candidates[int(np.argmin(afs_errors))])
-            indices = np.concatenate([[0, afs_index], indices[1:]]).astype(np.int64)
-            model_calls += candidates.size * x_last.shape[0] * count_nfe(
-                student, len(indices), afs=True, **student_options)
+        sigmas, indices, afs_index, afs_errors, calls = _insert_afs_point(
+            denoise_fn, run, sigmas, indices, student, student_options)
+        model_calls += calls
 
-    sigmas = jax.block_until_ready(grid[indices])
+    sigmas = jax.block_until_ready(sigmas)
     if not return_info:
         return sigmas
-    info = SearchInfo(indices=indices, grid=grid, cost=cost, teacher_nfe=teacher_nfe,
-                      model_calls=int(model_calls), seconds=time.perf_counter() - t_start,
-                      afs_index=afs_index, afs_errors=afs_errors)
+    info = SearchInfo(indices=indices, grid=run.grid, cost=run.costs.get(selected),
+                      teacher_nfe=run.teacher_nfe, model_calls=int(model_calls),
+                      seconds=time.perf_counter() - t_start, afs_index=afs_index,
+                      afs_errors=afs_errors, selected=selected,
+                      candidate_errors=candidate_errors)
     return sigmas, info

@@ -28,9 +28,11 @@ from jaxdiff import gits, schedules
 from jaxdiff.experiments import bench
 from jaxdiff.training import amed as amed_training
 
-METHODS = ("ipndm", "ipndm+gits", "ddim+gits", "ipndm+amed", "amed", "dpmpp", "unipc")
+METHODS = ("ipndm", "ipndm+gits", "ddim+gits", "ipndm+gits_dev", "ddim+gits_dev",
+           "ipndm+amed", "amed", "dpmpp", "unipc")
 LABELS = {"ipndm": "iPNDM (polynomial)", "ipndm+gits": "iPNDM+GITS",
-          "ddim+gits": "DDIM+GITS", "ipndm+amed": "iPNDM+AMED-Plugin",
+          "ddim+gits": "DDIM+GITS", "ipndm+gits_dev": "iPNDM+GITS (reference cost)",
+          "ddim+gits_dev": "DDIM+GITS (reference cost)", "ipndm+amed": "iPNDM+AMED-Plugin",
           "amed": "AMED-Solver", "dpmpp": "DPM-Solver++(3M)", "unipc": "UniPC-3"}
 _AMED = {"ipndm+amed": dict(base="ipndm", teacher="ipndm", teacher_points=2,
                             schedule=("polynomial", {"rho": 7.0}), scale_time=0.2,
@@ -52,8 +54,24 @@ def load_regime(regime: str, images, cfg):
     raise ValueError(f"unknown regime {regime!r}; valid: ('gmm', 'optimal', 'edm')")
 
 
-def run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg, gits_cost, grid):
-    """Samples of one method at one NFE, with its search/training cost."""
+def gits_schedule(method, nfe, denoise, cfg, teacher_run):
+    """(sigmas, settings) of a ``+gits`` method: the config's search, or the reference's."""
+    student = "ipndm" if method.startswith("ipndm") else "euler"
+    metric = "dev" if method.endswith("_dev") else cfg.gits_metric
+    settings = {"metric": metric, "coeff": cfg.gits_coeff, "grid": cfg.gits_grid,
+                "warmup": cfg.gits_warmup, "teacher": "ipndm-4", "student": student}
+    if metric == "select":
+        chosen = gits.select_schedule(denoise, teacher_run, nfe + 1, coeff=cfg.gits_coeff,
+                                      candidates=tuple(cfg.gits_candidates), student=student)
+        settings.update(candidates=list(cfg.gits_candidates), selected=chosen.selected,
+                        candidate_errors=chosen.errors)
+        return chosen.sigmas, settings
+    indices = gits.dp_schedule(teacher_run.costs[metric], nfe + 1, cfg.gits_coeff)
+    return teacher_run.grid[indices], settings
+
+
+def run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg, teacher_run):
+    """Samples of one method at one NFE, with its search/training cost and settings."""
     cost = {"seconds": 0.0, "teacher_nfe": 0}
     if method in ("ipndm", "dpmpp", "unipc"):
         sched, kw, opts = bench.SOLVER_SETTINGS[method]
@@ -61,11 +79,12 @@ def run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg, gits_
         out = jaxdiff.sample(denoise, x_eval, schedules.get(sched, n, **kw), solver=method,
                              afs=afs, **opts)
         return out, cost
-    if method.endswith("+gits"):
+    if "+gits" in method:
+        sigmas, settings = gits_schedule(method, nfe, denoise, cfg, teacher_run)
         solver = "ipndm" if method.startswith("ipndm") else "euler"
-        sigmas = grid[gits.dp_schedule(gits_cost, nfe + 1, cfg.gits_coeff)]
         out = jaxdiff.sample(denoise, x_eval, jnp.asarray(sigmas, x_eval.dtype), solver=solver)
-        return out, cost
+        return out, {**cost, "gits": settings,
+                     "sigmas": [float(v) for v in np.asarray(sigmas)]}
     spec = _AMED[method]
     afs = nfe % 2 == 1
     num_steps = (nfe + 2 + int(afs)) // 2
@@ -112,17 +131,27 @@ def run_regime(regime, images, cfg, progress):
     reference, change = bench.converged_reference(denoise, x_eval, cfg.reference_steps)
     grid = np.asarray(schedules.get("polynomial", cfg.gits_grid))
     t0 = time.perf_counter()
-    gits_cost = gits.teacher_cost_matrix(denoise, x_warm, grid, teacher="ipndm",
-                                         teacher_options={"max_order": 4})
+    metrics = {"dev"} | {c for c in cfg.gits_candidates if c in gits.METRICS}
+    if cfg.gits_metric != "select":
+        metrics.add(cfg.gits_metric)
+    teacher_run = gits.run_teacher(denoise, x_warm, grid, teacher="ipndm",
+                                   teacher_options={"max_order": 4},
+                                   metrics=tuple(sorted(metrics)))
     gits_seconds = time.perf_counter() - t0
     rows = []
     for method in cfg.methods:
         for nfe in cfg.nfes:
+            t_method = time.perf_counter()
             out, cost = run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg,
-                                   gits_cost, grid)
-            if method.endswith("+gits"):
-                cost = {"seconds": gits_seconds,
-                        "teacher_nfe": cfg.gits_warmup * (cfg.gits_grid - 1)}
+                                   teacher_run)
+            if "+gits" in method:
+                # The teacher pass is shared by all NFEs; the selection runs are this NFE's.
+                select = cost["gits"]["metric"] == "select"
+                cost.update(seconds=gits_seconds, teacher_nfe=cfg.gits_warmup * (
+                                cfg.gits_grid - 1),
+                            selection_seconds=time.perf_counter() - t_method if select else 0.0,
+                            selection_nfe=(len(cfg.gits_candidates) * cfg.gits_warmup * nfe
+                                           if select else 0))
             row = {"regime": regime, "method": method, "nfe": nfe,
                    "error": bench.mean_l2(out, reference), **cost}
             if score_fd is not None:
@@ -144,10 +173,17 @@ def markdown(rows, methods, nfes, key="error"):
         cells = [f"{rs[n][key]:.3g}" for n in nfes]
         secs = sum(r["seconds"] for r in rs.values())
         tnfe = sum(r["teacher_nfe"] for r in rs.values())
-        if m.endswith("+gits"):
-            secs, tnfe = next(iter(rs.values()))["seconds"], next(iter(rs.values()))["teacher_nfe"]
+        if "+gits" in m:  # one shared teacher pass plus every NFE's selection runs
+            first = next(iter(rs.values()))
+            secs = first["seconds"] + sum(r["selection_seconds"] for r in rs.values())
+            tnfe = first["teacher_nfe"] + sum(r["selection_nfe"] for r in rs.values())
         cost = "–" if tnfe == 0 else f"{secs:.0f} s, {tnfe:,} NFE"
-        out += f"| {LABELS[m]} | " + " | ".join(cells) + f" | {cost} |\n"
+        label = LABELS[m]
+        if "+gits" in m:
+            picks = [rs[n]["gits"].get("selected") for n in nfes]
+            label += f" [{rs[nfes[0]]['gits']['metric']}" + (
+                f": {'/'.join(picks)}]" if all(picks) else "]")
+        out += f"| {label} | " + " | ".join(cells) + f" | {cost} |\n"
     return out
 
 

@@ -6,11 +6,20 @@ from jaxdiff.experiments import compare
 
 
 def test_compare_runs_every_method(tmp_path):
-    res = compare.run(get_config("test"), str(tmp_path))
+    cfg = get_config("test")
+    cfg.methods = compare.METHODS
+    res = compare.run(cfg, str(tmp_path))
     rows = res["regimes"]["gmm"]["rows"]
     assert {r["method"] for r in rows} == set(compare.METHODS)
     by = {r["method"]: r for r in rows}
     assert by["ipndm+gits"]["teacher_nfe"] == 8 * 10 and by["ipndm"]["teacher_nfe"] == 0
+    # The settings of every GITS row: the config's search (select) or the reference cost.
+    settings = by["ipndm+gits"]["gits"]
+    assert settings["metric"] == "select" and settings["candidates"] == ["dev", "l2", "base"]
+    assert settings["selected"] in settings["candidate_errors"]
+    assert by["ipndm+gits"]["selection_nfe"] == 3 * 8 * 5
+    assert by["ipndm+gits_dev"]["gits"]["metric"] == "dev"
+    assert by["ipndm+gits_dev"]["selection_nfe"] == 0
     assert by["amed"]["teacher_nfe"] > 0
     assert all(r["error"] > 0 for r in rows)
     assert "iPNDM+GITS" in (tmp_path / "results.md").read_text()

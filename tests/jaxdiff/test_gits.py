@@ -223,15 +223,17 @@ def check_schedule(sigmas, length):
     jaxdiff.validate_sigmas(sigmas)
 
 
-def test_search_beats_polynomial_on_a_mixture(mixture_problem):
+def test_reference_search_beats_polynomial_on_a_mixture(mixture_problem):
     den, x_warm, x_eval, ref = mixture_problem
     num_steps = 7  # NFE 6
-    sigmas, info = gits.search(den, x_warm, num_steps, batch_size=16, return_info=True)
+    sigmas, info = gits.search(den, x_warm, num_steps, metric="dev", batch_size=16,
+                               return_info=True)
     check_schedule(sigmas, num_steps)
     np.testing.assert_array_equal(sigmas, info.grid[info.indices])
     assert info.indices[0] == 0 and info.indices[-1] == 60 and info.grid.shape == (61,)
     assert info.teacher_nfe == 60 and info.model_calls == 60 * 32
     assert info.seconds > 0 and info.afs_index is None
+    assert info.selected == "dev" and info.candidate_errors is None
     np.testing.assert_array_equal(info.indices, gits.dp_schedule(info.cost, num_steps))
     poly = schedules.get("polynomial", num_steps)
     for solver in ("ipndm", "euler"):
@@ -239,28 +241,34 @@ def test_search_beats_polynomial_on_a_mixture(mixture_problem):
         e_poly = mean_l2(jaxdiff.sample(den, x_eval, poly, solver=solver), ref)
         # Measured: ipndm 0.26x, euler 0.56x of the polynomial schedule's error.
         assert e_gits < 0.7 * e_poly, (solver, e_gits, e_poly)
-    plain = gits.search(den, x_warm, num_steps)
+    plain = gits.search(den, x_warm, num_steps, metric="dev")
     np.testing.assert_allclose(plain, sigmas)
 
 
-def test_search_afs_variant(mixture_problem):
-    den, x_warm, x_eval, ref = mixture_problem
-    num_steps = 6
-    base, base_info = gits.search(den, x_warm, num_steps, return_info=True)
-    sigmas, info = gits.search(den, x_warm, num_steps, afs=True, student="ipndm",
-                               return_info=True)
-    check_schedule(sigmas, num_steps + 1)
-    phi1 = base_info.indices[1]
-    assert 0 < info.afs_index < phi1
-    np.testing.assert_array_equal(info.indices,
-                                  np.concatenate([[0, info.afs_index], base_info.indices[1:]]))
-    assert len(info.afs_errors) == phi1 - 1
-    assert info.afs_errors[info.afs_index - 1] == np.min(info.afs_errors)
-    # Same NFE as the plain schedule when sampled with afs=True.
-    assert jaxdiff.nfe("ipndm", len(sigmas), afs=True) == jaxdiff.nfe("ipndm", len(base))
-    assert info.model_calls == 60 * 32 + (phi1 - 1) * 32 * (num_steps - 1)
-    out = jaxdiff.sample(den, x_eval, sigmas, solver="ipndm", afs=True)
-    assert np.all(np.isfinite(np.asarray(out)))
+def test_select_keeps_the_candidate_closest_to_the_teacher(mixture_problem):
+    den, x_warm, _, _ = mixture_problem
+    num_steps = 7
+    sigmas, info = gits.search(den, x_warm, num_steps, return_info=True)
+    run = gits.run_teacher(den, x_warm, info.grid, metrics=("dev", "l2"))
+    for name in ("dev", "l2"):
+        np.testing.assert_allclose(run.costs[name], gits.teacher_cost_matrix(
+            den, x_warm, info.grid, metric=name), rtol=1e-12)
+    # Brute force: each candidate's student error to the teacher on the warm-up noises.
+    options = {"dev": info.grid[gits.dp_schedule(run.costs["dev"], num_steps)],
+               "l2": info.grid[gits.dp_schedule(run.costs["l2"], num_steps)],
+               "base": schedules.get("polynomial", num_steps)}
+    errors = {k: mean_l2(jaxdiff.sample(den, x_warm, s, solver="ipndm"), run.x_end)
+              for k, s in options.items()}
+    assert info.candidate_errors.keys() == errors.keys()
+    for k in errors:
+        np.testing.assert_allclose(info.candidate_errors[k], errors[k], rtol=1e-9)
+    best = min(errors, key=errors.get)
+    assert info.selected == best
+    np.testing.assert_allclose(sigmas, options[best], rtol=1e-12)
+    assert info.model_calls == 60 * 32 + 3 * 32 * 6
+    chosen = gits.select_schedule(den, run, num_steps, candidates=("base",))
+    assert chosen.selected == "base" and chosen.indices is None
+    np.testing.assert_allclose(chosen.sigmas, options["base"], rtol=1e-12)
 
 
 def test_search_other_grid_and_metric(denoise):
@@ -275,10 +283,12 @@ def test_search_other_grid_and_metric(denoise):
 def test_search_and_cost_bad_inputs(denoise):
     x_T = 80.0 * jnp.ones((4, 4))
     for kw, match in [({"metric": "l3"}, "metric"), ({"grid_size": 1}, "grid_size"),
+                      ({"candidates": ("dev", "cos")}, "candidates"),
+                      ({"candidates": ()}, "candidates"),
                       ({"coeff": 0.0}, "coeff"), ({"batch_size": 0}, "batch_size"),
                       ({"teacher": "rk4"}, "unknown solver"),
                       ({"teacher_options": {"max_order": 9}}, "max_order"),
-                      ({"afs": True, "student": "nope"}, "unknown solver"),
+                      ({"student": "nope"}, "unknown solver"),
                       ({"base": "cosine"}, "unknown schedule")]:
         with pytest.raises(ValueError, match=match):
             gits.search(denoise, x_T, 4, **kw)
@@ -296,3 +306,52 @@ def test_search_and_cost_bad_inputs(denoise):
         gits.cost_matrix(np.zeros((5, 2, 3)), np.zeros((5, 2, 3)), grid)
     with pytest.raises(ValueError, match="grid"):
         gits.cost_matrix(np.zeros((5, 2, 3)), np.zeros((4, 2, 3)), grid[None])
+
+
+def biased_at_high_noise(den, dim, amplitude=3.0, sigma_lo=10.0, sigma_hi=80.0, seed=7):
+    """``den`` plus a constant error that bumps up between sigma_lo and sigma_hi.
+
+    A caricature of a trained network that saw little data at high noise (EDM's
+    log-normal training sigma puts ~0.2% of its mass above 10): its denoising trajectory
+    is not monotone there, and the signed "dev" cost of the reference turns negative.
+    """
+    bias = jnp.asarray(np.random.default_rng(seed).normal(size=dim))
+
+    def denoise(x, sigma):
+        s = jnp.reshape(sigma, (-1,) + (1,) * (x.ndim - 1))
+        t = jnp.clip(jnp.log(s / sigma_lo) / np.log(sigma_hi / sigma_lo), 0, 1)
+        return den(x, sigma) + amplitude * jnp.sin(jnp.pi * t) * bias
+
+    return denoise
+
+
+@pytest.mark.parametrize("imperfect", [False, True], ids=["exact", "imperfect"])
+def test_select_never_loses_to_the_polynomial_schedule(imperfect):
+    means, variances, weights = image_like_mixture()
+    den = denoisers.gaussian_mixture(means, variances, weights)
+    if imperfect:
+        den = biased_at_high_noise(den, means.shape[1])
+    k_warm, k_eval = jax.random.split(jax.random.PRNGKey(0))
+    x_warm = 80.0 * jax.random.normal(k_warm, (64, 16))
+    x_eval = 80.0 * jax.random.normal(k_eval, (128, 16))
+    ref = jaxdiff.sample(den, x_eval, schedules.get("polynomial", 257), solver="heun")
+    run = gits.run_teacher(den, x_warm, schedules.get("polynomial", 61),
+                           metrics=("dev", "l2"))
+    negative = np.mean(run.costs["dev"][np.triu_indices(61, 1)] < 0)
+    err = lambda s: mean_l2(jaxdiff.sample(den, x_eval, s, solver="ipndm"), ref)
+    dev_losses = 0
+    for nfe in range(3, 11):
+        e_poly = err(schedules.get("polynomial", nfe + 1))
+        e_select = err(gits.select_schedule(den, run, nfe + 1).sigmas)
+        e_dev = err(run.grid[gits.dp_schedule(run.costs["dev"], nfe + 1)])
+        assert e_select <= e_poly, (nfe, e_select, e_poly)
+        assert e_select <= 1.15 * e_dev, (nfe, e_select, e_dev)
+        dev_losses += e_dev > e_poly
+    if imperfect:
+        # The failure "select" guards against. Measured: 12% negative entries (min -3.2);
+        # dev loses to polynomial at NFE 3, 4, 7, 8, 10 (e.g. NFE 7: 3.96 vs 1.56), its
+        # schedules spend a step at sigma 73 or 11; select: 0.12-0.41 at every NFE.
+        assert negative > 0.08 and dev_losses >= 3, (negative, dev_losses)
+    else:
+        # Exact denoiser: 3% negative entries, all tiny; dev loses only at NFE 4.
+        assert negative < 0.05 and dev_losses <= 1, (negative, dev_losses)
