@@ -93,6 +93,8 @@ class AMEDPredictor:
       scale_dir, scale_time: the ranges a and b of the direction and time scales.
       afs: analytical first step.
       num_updates: Adam updates it received (0 = untrained).
+      afs_mean: the data mean the analytical first step centres on (None: 0, the
+        reference; see :func:`jaxdiff.sample`'s ``afs_mean``); traced, like ``params``.
     """
     params: Any
     base: str = struct.field(pytree_node=False)
@@ -103,6 +105,7 @@ class AMEDPredictor:
     scale_time: float = struct.field(pytree_node=False, default=0.0)
     afs: bool = struct.field(pytree_node=False, default=True)
     num_updates: int = struct.field(pytree_node=False, default=0)
+    afs_mean: Any = None
 
     @property
     def module(self) -> Predictor:
@@ -110,14 +113,19 @@ class AMEDPredictor:
 
 
 def init(key, *, base: str, num_steps: int, feature_dim: int = 64, scale_dir: float = 0.01,
-         scale_time: float = 0.0, afs: bool = True, **base_options) -> AMEDPredictor:
+         scale_time: float = 0.0, afs: bool = True, afs_mean=None,
+         **base_options) -> AMEDPredictor:
     """An untrained predictor (8,950 parameters for F = 64 with r and c heads)."""
     _check_config(base, num_steps, base_options)
     module = Predictor(scale_dir, scale_time)
     z = jnp.zeros((1,), jnp.float32)
     params = module.init(key, jnp.zeros((1, feature_dim), jnp.float32), z + 1.0, z + 0.5)
+    if afs_mean is not None and not afs:
+        raise ValueError("afs_mean is the data mean of the analytical first step: it needs "
+                         "afs=True")
     return AMEDPredictor(params, base, int(num_steps), tuple(sorted(base_options.items())),
-                         int(feature_dim), float(scale_dir), float(scale_time), bool(afs))
+                         int(feature_dim), float(scale_dir), float(scale_time), bool(afs),
+                         afs_mean=None if afs_mean is None else jnp.asarray(afs_mean))
 
 
 def _check_config(base, num_steps, base_options):
@@ -280,7 +288,7 @@ def _run(predictor, denoise_fn, feature_fn, x, sigmas, return_trajectory):
     carry, outs = (x, init_state(predictor, x, sigmas[0])), []
     for lo, hi in zip(cuts[:-1], cuts[1:]):
         use_afs = predictor.afs and lo == 0
-        ev = afs_evaluator if use_afs else evaluate
+        ev = functools.partial(afs_evaluator, mean=predictor.afs_mean) if use_afs else evaluate
 
         def body(carry, inp, ev=ev, use_afs=use_afs):
             x_next, st, den = step(predictor.params, ev, *carry, *inp, use_afs)

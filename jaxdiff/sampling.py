@@ -118,7 +118,7 @@ def _segments(num_steps: int, solver: ODESolver, afs: bool):
 
 
 def _run(denoise_fn, x, sigmas, solver: ODESolver, afs: bool, denoise_to_zero: bool,
-         return_trajectory: bool):
+         return_trajectory: bool, afs_mean=None):
     """Traced body of :func:`sample`. Returns (x_final, finite (N-1,), Trajectory | None)."""
     num_steps = sigmas.shape[0]
 
@@ -127,14 +127,15 @@ def _run(denoise_fn, x, sigmas, solver: ODESolver, afs: bool, denoise_to_zero: b
         return denoise_fn(x_, sigma_b).astype(x_.dtype)
 
     evaluate = model_evaluator(model)
+    afs_evaluate = functools.partial(afs_evaluator, mean=afs_mean)
     coeffs = _prepare(solver, sigmas)
-    state = solver.init(afs_evaluator if afs and solver.afs_in_init else evaluate, model, x,
+    state = solver.init(afs_evaluate if afs and solver.afs_in_init else evaluate, model, x,
                         sigmas[0])
 
     outs = []
     carry = (x, state)
     for lo, hi, afs_here, is_last in _segments(num_steps, solver, afs):
-        step = functools.partial(solver.step, afs_evaluator if afs_here else evaluate, model,
+        step = functools.partial(solver.step, afs_evaluate if afs_here else evaluate, model,
                                  is_last=is_last, num_steps=num_steps)
 
         def body(carry, inp, step=step):
@@ -162,11 +163,11 @@ def _run(denoise_fn, x, sigmas, solver: ODESolver, afs: bool, denoise_to_zero: b
 
 @functools.partial(jax.jit, static_argnames=("fn_def", "solver", "options", "afs",
                                              "denoise_to_zero", "return_trajectory"))
-def _run_jit(x, sigmas, fn_leaves, *, fn_def, solver, options, afs, denoise_to_zero,
-             return_trajectory):
+def _run_jit(x, sigmas, fn_leaves, afs_mean=None, *, fn_def, solver, options, afs,
+             denoise_to_zero, return_trajectory):
     denoise_fn = jax.tree.unflatten(fn_def, fn_leaves) if fn_leaves else fn_def
     return _run(denoise_fn, x, sigmas, solvers_lib.get(solver, **dict(options)), afs,
-                denoise_to_zero, return_trajectory)
+                denoise_to_zero, return_trajectory, afs_mean)
 
 
 def integrate(denoise_fn: Callable, x, sigmas, *, solver: str, **options):
@@ -188,9 +189,9 @@ def integrate(denoise_fn: Callable, x, sigmas, *, solver: str, **options):
 
 
 def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
-           return_trajectory: bool = False, afs: bool = False, denoise_to_zero: bool = False,
-           check_finite: bool = False, amed=None, feature_fn: Callable | None = None,
-           **options):
+           return_trajectory: bool = False, afs: bool = False, afs_mean=None,
+           denoise_to_zero: bool = False, check_finite: bool = False, amed=None,
+           feature_fn: Callable | None = None, **options):
     """Solve the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma along ``sigmas``.
 
     Args:
@@ -205,7 +206,12 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
       solver: one of ``jaxdiff.solvers.SOLVERS`` (euler, heun, dpm2, ipndm, ipndm_v, deis,
         dpmpp, unipc).
       return_trajectory: also return a :class:`Trajectory`.
-      afs: analytical first step: d = x / sqrt(1 + sigma_0^2) replaces the first model call.
+      afs: analytical first step: d = x / sqrt(1 + sigma_0^2) replaces the first model call
+        (it takes D(x; sigma_0) ~ 0, right for data centred at 0).
+      afs_mean: with ``afs``, the data mean m (shape x.shape[1:], or broadcastable to
+        it): d = (x - m) / sqrt(1 + sigma_0^2), for data that are not centred (images in
+        [-1, 1] with a dark background). A zero mean is plain AFS. Without a data mean
+        at hand, ``denoise_fn(zeros, sigma_max)`` is one call that estimates it.
       denoise_to_zero: finish with one more call, returning D(x_final; sigmas[-1]).
       check_finite: after the run, raise FloatingPointError naming the first step that
         produced a NaN or inf (needs concrete values: call ``sample`` outside ``jit``).
@@ -224,7 +230,13 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
         denoiser whose output shape differs from x; all before any tracing.
     """
     validate_sigmas(sigmas)
+    if afs_mean is not None and not afs:
+        raise ValueError("afs_mean is the data mean of the analytical first step: it needs "
+                         "afs=True")
     if amed is not None or solver == "amed":
+        if afs_mean is not None:
+            raise ValueError("with amed, AFS and its mean come from the predictor "
+                             "(jaxdiff.training.amed.train(..., afs_mean=...))")
         return _sample_amed(denoise_fn, x, sigmas, solver, amed, feature_fn, return_trajectory,
                             options)
     options_key = tuple(sorted(options.items()))
@@ -238,12 +250,28 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
     sigmas = cast_sigmas(sigmas, x.dtype)
     _check_coefficients_fit(solvers_lib.get(solver, **dict(options_key)), sigmas, solver)
     x_final, finite, traj = _run_jit(
-        x, sigmas, fn_leaves, fn_def=fn_def, solver=solver, options=options_key,
+        x, sigmas, fn_leaves, _check_afs_mean(afs_mean, x), fn_def=fn_def, solver=solver,
+        options=options_key,
         afs=bool(afs), denoise_to_zero=bool(denoise_to_zero),
         return_trajectory=bool(return_trajectory))
     if check_finite:
         _raise_if_not_finite(finite, sigmas, solver)
     return (x_final, traj) if return_trajectory else x_final
+
+
+def _check_afs_mean(afs_mean, x):
+    """``afs_mean`` as an array of x's dtype broadcastable to x[0] (None stays None)."""
+    if afs_mean is None:
+        return None
+    mean = jnp.asarray(afs_mean, x.dtype)
+    try:
+        jnp.broadcast_shapes(mean.shape, x.shape[1:])
+        if mean.ndim > x.ndim - 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"afs_mean of shape {mean.shape} does not broadcast to one sample "
+                         f"of shape {x.shape[1:]}") from None
+    return mean
 
 
 @functools.lru_cache(maxsize=256)

@@ -59,9 +59,13 @@ def model_evaluator(model: Model) -> Evaluator:
     return evaluate
 
 
-def afs_evaluator(x, sigma):
-    """Analytical first step: d = x / sqrt(1 + sigma^2), D = x - sigma d (no model call)."""
-    d = x / jnp.sqrt(1 + sigma ** 2)
+def afs_evaluator(x, sigma, mean=None):
+    """Analytical first step: d = (x - mean) / sqrt(1 + sigma^2), D = x - sigma d.
+
+    No model call. ``mean=None`` is the reference (mean 0: D(x; sigma_max) ~ 0, right for
+    centred data); a data mean (broadcastable to x) centres the guess for other data.
+    """
+    d = (x if mean is None else x - mean) / jnp.sqrt(1 + sigma ** 2)
     return x - sigma * d, d
 
 

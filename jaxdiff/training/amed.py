@@ -37,14 +37,15 @@ def _teacher_points(denoise_fn, x_T, teacher_sigmas, teacher, teacher_options, s
 
 
 @functools.partial(jax.jit, static_argnames=("static", "fn_def", "feat_def", "use_afs", "tx"))
-def _update(params, opt_state, x, state, target, s, s_next, orders, fn_leaves, feat_leaves, *,
-            static, fn_def, feat_def, use_afs, tx):
+def _update(params, opt_state, x, state, target, s, s_next, orders, fn_leaves, feat_leaves,
+            afs_mean, *, static, fn_def, feat_def, use_afs, tx):
     """One Adam update on the loss of one student step; denoiser leaves are traced."""
     model = model_of(callables.join(fn_def, fn_leaves))
     step = make_step(static, model, callables.join(feat_def, feat_leaves))
 
     def loss_fn(p):
-        ev = afs_evaluator if use_afs else model_evaluator(model)
+        ev = (functools.partial(afs_evaluator, mean=afs_mean) if use_afs
+              else model_evaluator(model))
         x_next, st, _ = step(p, ev, x, state, s, s_next, orders, use_afs)
         diff = (x_next - target).reshape(x.shape[0], -1)
         return jnp.sum(diff ** 2) / x.shape[0], (x_next, st)
@@ -59,8 +60,8 @@ def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
           feature_dim: int = 64, teacher: str | None = None, teacher_sigmas=None,
           teacher_points: int = 2, teacher_options=None, batch_size: int = 128,
           epochs: int = 1, learning_rate: float = 5e-3, scale_dir: float = 0.01,
-          scale_time: float = 0.0, afs: bool = True, seed: int = 0, log_fn=None,
-          **base_options):
+          scale_time: float = 0.0, afs: bool = True, afs_mean=None, seed: int = 0,
+          log_fn=None, **base_options):
     """Train an AMED predictor against teacher trajectories (reference: training/loss.py).
 
     For every batch of noise the teacher solves on a finer grid (``teacher_points`` extra
@@ -85,6 +86,8 @@ def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
       learning_rate: Adam step size (reference 5e-3, betas 0.9/0.999, eps 1e-8).
       scale_dir, scale_time: ranges of the direction and time scales (0 disables).
       afs: analytical first step (the reference's AMED default).
+      afs_mean: with ``afs``, the data mean the first step centres on (None: 0, the
+        reference); stored in the predictor and used when it samples.
       log_fn: optional ``log_fn(dict)`` called after each batch (loss per step).
       **base_options: options of the base solver (e.g. ``max_order=4``).
 
@@ -94,7 +97,9 @@ def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
     sigmas = jnp.asarray(sigmas, x_T.dtype)
     n = int(sigmas.shape[0])
     predictor = init(jax.random.PRNGKey(seed), base=base, num_steps=n, feature_dim=feature_dim,
-                     scale_dir=scale_dir, scale_time=scale_time, afs=afs, **base_options)
+                     scale_dir=scale_dir, scale_time=scale_time, afs=afs,
+                     afs_mean=None if afs_mean is None else jnp.asarray(afs_mean, x_T.dtype),
+                     **base_options)
     teacher = teacher or ("heun" if base == "amed" else ("dpm2" if base == "dpm2" else base))
     teacher_options = dict(teacher_options or {})
     stride = teacher_points + 1
@@ -109,7 +114,7 @@ def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
                          f"{stride * (n - 1) + 1} entries, got {teacher_sigmas.shape[0]}")
     tx = optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
     params, opt_state = predictor.params, tx.init(predictor.params)
-    static = predictor.replace(params=None)          # hashable: what make_step reads
+    static = predictor.replace(params=None, afs_mean=None)  # hashable: what make_step reads
     fn_def, fn_leaves = callables.split(denoise_fn)
     feat_def, feat_leaves = callables.split(feature_fn)
     orders = jnp.asarray(sub_orders(predictor))
@@ -125,7 +130,8 @@ def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
             for i in range(n - 1):
                 params, opt_state, loss, x_next, state = _update(
                     params, opt_state, x, state, targets[i + 1], sigmas[i], sigmas[i + 1],
-                    orders[i], fn_leaves, feat_leaves, static=static, fn_def=fn_def,
+                    orders[i], fn_leaves, feat_leaves, predictor.afs_mean, static=static,
+                    fn_def=fn_def,
                     feat_def=feat_def, use_afs=afs and i == 0, tx=tx)
                 updates += 1
                 losses.append(float(loss))
@@ -147,6 +153,8 @@ def save(directory: str, predictor: AMEDPredictor) -> None:
             "base_options": dict(predictor.base_options), "feature_dim": predictor.feature_dim,
             "scale_dir": predictor.scale_dir, "scale_time": predictor.scale_time,
             "afs": predictor.afs, "num_updates": predictor.num_updates,
+            "afs_mean": (None if predictor.afs_mean is None
+                         else np.asarray(predictor.afs_mean, np.float64).tolist()),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     mngr = checkpoints.manager(directory, subdir="", keep=1)
     checkpoints.save(mngr, 0, meta=meta, params=predictor.params, force=True)
@@ -161,7 +169,8 @@ def load(directory: str) -> AMEDPredictor:
     meta = checkpoints.read_meta(mngr, step)
     template = init(jax.random.PRNGKey(0), base=meta["base"], num_steps=meta["num_steps"],
                     feature_dim=meta["feature_dim"], scale_dir=meta["scale_dir"],
-                    scale_time=meta["scale_time"], afs=meta["afs"], **meta["base_options"])
+                    scale_time=meta["scale_time"], afs=meta["afs"],
+                    afs_mean=meta.get("afs_mean"), **meta["base_options"])
     params = checkpoints.read(mngr, step, params=template.params)["params"]
     mngr.close()
     return template.replace(params=params, num_updates=meta["num_updates"])

@@ -92,6 +92,28 @@ def test_checkpoint_round_trip_gives_identical_samples(trained, denoise, tmp_pat
                                   jaxdiff.sample(denoise, x, sigmas, solver="euler", amed=again))
 
 
+def test_afs_mean_is_trained_saved_and_sampled(denoise, tmp_path):
+    x_T = 5.0 * jax.random.normal(jax.random.PRNGKey(3), (64, 4), jnp.float64)
+    sigmas = schedules.get("polynomial", 4, sigma_min=0.05, sigma_max=5.0)
+    kw = dict(base="euler", batch_size=64, epochs=1, learning_rate=2e-2)
+    plain = amed_training.train(denoise, x_T, sigmas, **kw)
+    zero = amed_training.train(denoise, x_T, sigmas, afs_mean=jnp.zeros(4), **kw)
+    jax.tree.map(np.testing.assert_array_equal, plain.params, zero.params)
+    m = jnp.asarray([0.5, -0.5, 1.0, 0.0])
+    shifted = amed_training.train(denoise, x_T, sigmas, afs_mean=m, **kw)
+    amed_training.save(str(tmp_path / "amed"), shifted)
+    again = amed_training.load(str(tmp_path / "amed"))
+    np.testing.assert_array_equal(again.afs_mean, m)
+    x = 5.0 * jax.random.normal(jax.random.PRNGKey(9), (8, 4), jnp.float64)
+    out = jaxdiff.sample(denoise, x, sigmas, solver="euler", amed=shifted)
+    np.testing.assert_array_equal(out, jaxdiff.sample(denoise, x, sigmas, solver="euler",
+                                                      amed=again))
+    assert not np.allclose(out, jaxdiff.sample(denoise, x, sigmas, solver="euler", amed=zero))
+    with pytest.raises(ValueError, match="from the predictor"):
+        jaxdiff.sample(denoise, x, sigmas, solver="euler", amed=shifted, afs=True,
+                       afs_mean=m)
+
+
 def test_mismatches_are_clear_errors(trained, denoise, tmp_path):
     pred, sigmas, _ = trained
     x = jnp.ones((2, 4))
