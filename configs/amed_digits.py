@@ -27,6 +27,7 @@ def get_config(arg=None):
     c.schedule = "polynomial"
     c.schedule_kw = ml_collections.ConfigDict({"rho": 7.0})
     c.afs = True                    # the reference's default; even NFE only without it
+    c.afs_mean = "zero"             # AFS's D(x; 80): zero (reference) | data | denoiser
     c.nfes = (3, 5, 7, 9)
     c.num_trajectories = 10_240
     c.batch_size = 128

@@ -40,6 +40,9 @@ def get_config(arg=None):
     # The "+gits_dev" methods always use "dev".
     c.gits_metric = "select"               # select | dev | l2 | l1
     c.gits_candidates = ("dev", "l2", "base")
+    # What AMED's analytical first step (odd NFE) takes D(x; 80) to be: "zero" (the
+    # reference; right for centred data), "data" (the mean image) or "denoiser" (D(0; 80)).
+    c.amed_afs_mean = "zero"
     c.amed_trajectories = 10_240
     c.amed_batch = 128
     c.feature_dim = 64

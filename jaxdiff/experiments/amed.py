@@ -23,6 +23,8 @@ from jaxdiff.training import amed as amed_training
 
 
 def run(cfg, workdir: str) -> dict:
+    if cfg.afs_mean not in bench.AFS_MEANS:
+        raise ValueError(f"unknown afs_mean {cfg.afs_mean!r}; valid: {list(bench.AFS_MEANS)}")
     os.makedirs(workdir, exist_ok=True)
     name, images = bench.load_images(cfg)
     denoise = bench.build_denoiser(cfg.denoiser, images, cfg)
@@ -33,6 +35,7 @@ def run(cfg, workdir: str) -> dict:
     reference = jaxdiff.sample(denoise, x_eval, schedules.get("polynomial", cfg.reference_steps),
                                solver="heun")
     opts = dict(cfg.base_options)
+    mean = bench.afs_mean(cfg.afs_mean, images, denoise) if cfg.afs else None
     rows = []
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as metrics:
         for nfe in tqdm(cfg.nfes, desc=f"AMED-{cfg.base}", unit="nfe"):
@@ -49,7 +52,8 @@ def run(cfg, workdir: str) -> dict:
                               teacher_sigmas=teacher_sigmas, teacher_points=cfg.teacher_points,
                               batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                               scale_dir=cfg.scale_dir, scale_time=cfg.scale_time,
-                              afs=cfg.afs, seed=cfg.seed, log_fn=log, **opts)
+                              afs=cfg.afs, afs_mean=mean, seed=cfg.seed, log_fn=log,
+                              **opts)
             train_s = time.perf_counter() - t0
             amed_training.save(os.path.join(workdir, f"nfe{nfe}"), pred)
             out = jaxdiff.sample(denoise, x_eval, sigmas, solver=cfg.base, amed=pred)
@@ -66,6 +70,7 @@ def run(cfg, workdir: str) -> dict:
                 row["base_error"] = bench.mean_l2(base_out, reference)
             rows.append(row)
     results = {"dataset": name, "denoiser": cfg.denoiser, "base": cfg.base, "afs": cfg.afs,
+               "afs_mean": cfg.afs_mean if cfg.afs else None,
                "teacher": cfg.teacher, "rows": rows}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

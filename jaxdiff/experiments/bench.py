@@ -64,6 +64,22 @@ def build_denoiser(regime: str, images, cfg):
     raise ValueError(f"unknown regime {regime!r}; valid: ('gmm', 'optimal')")
 
 
+AFS_MEANS = ("zero", "data", "denoiser")
+
+
+def afs_mean(choice: str, images, denoise, sigma_max: float = 80.0):
+    """The data mean AFS centres on: None ("zero": the reference), the mean image ("data")
+    or one denoiser call at sigma_max on a zero image ("denoiser"; D(0; 80) ~ data mean)."""
+    if choice == "zero":
+        return None
+    if choice == "data":
+        return jnp.asarray(np.mean(np.asarray(images), axis=0))
+    if choice == "denoiser":
+        zero = jnp.zeros((1,) + tuple(images.shape[1:]), jnp.asarray(images).dtype)
+        return denoise(zero, jnp.full((1,), sigma_max, zero.dtype))[0]
+    raise ValueError(f"unknown afs_mean {choice!r}; valid: {list(AFS_MEANS)}")
+
+
 def converged_reference(denoise, x_T, num_steps: int, solver: str = "heun",
                         sigma_min: float = 0.002, sigma_max: float = 80.0):
     """(reference, change): the ODE solved on a fine polynomial grid, and the mean L2 change

@@ -10,7 +10,10 @@ from the same held-out noise and reports the mean L2 error to a converged Heun r
 with the search / training cost (seconds and teacher NFE) of GITS and AMED. The papers'
 claim under test: at 5 NFE, GITS and AMED cut the error of the best hand-made schedule by
 a large factor (CIFAR-10 FID 13.59 -> 8.38 and 6.61). AMED uses AFS at odd NFE (the
-reference's setting) and no AFS at even NFE.
+reference's setting) and no AFS at even NFE; ``amed_afs_mean`` says what AFS assumes
+D(x; 80) to be ("zero": the reference; "data": the data mean; "denoiser": D(0; 80)).
+The GITS rows use the config's search (``gits_metric``) and, for ``+gits_dev``, the
+reference's cost; every row of results.json states its settings.
 """
 from __future__ import annotations
 
@@ -70,7 +73,8 @@ def gits_schedule(method, nfe, denoise, cfg, teacher_run):
     return teacher_run.grid[indices], settings
 
 
-def run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg, teacher_run):
+def run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg, teacher_run,
+               mean=None):
     """Samples of one method at one NFE, with its search/training cost and settings."""
     cost = {"seconds": 0.0, "teacher_nfe": 0}
     if method in ("ipndm", "dpmpp", "unipc"):
@@ -99,9 +103,11 @@ def run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg, teach
                       feature_dim=feature_dim,
                       teacher_sigmas=schedules.get(name, stride * (num_steps - 1) + 1, **kw),
                       teacher_points=spec["teacher_points"], batch_size=cfg.amed_batch,
-                      scale_time=spec["scale_time"], afs=afs, seed=cfg.seed,
+                      scale_time=spec["scale_time"], afs=afs,
+                      afs_mean=mean if afs else None, seed=cfg.seed,
                       **spec["options"])
     cost["seconds"] = time.perf_counter() - t0
+    cost["afs"] = {"used": afs, "mean": cfg.amed_afs_mean if afs else None}
     cost["teacher_nfe"] = cfg.amed_trajectories * jaxdiff.nfe(
         spec["teacher"], stride * (num_steps - 1) + 1)
     out = jaxdiff.sample(denoise, x_eval, schedules.get(name, num_steps, **kw),
@@ -129,6 +135,7 @@ def run_regime(regime, images, cfg, progress):
     x_warm = 80.0 * jax.random.normal(k_warm, (cfg.gits_warmup,) + shape)
     x_eval = 80.0 * jax.random.normal(k_eval, (cfg.num_eval,) + shape)
     reference, change = bench.converged_reference(denoise, x_eval, cfg.reference_steps)
+    mean = bench.afs_mean(cfg.amed_afs_mean, images, denoise)
     grid = np.asarray(schedules.get("polynomial", cfg.gits_grid))
     t0 = time.perf_counter()
     metrics = {"dev"} | {c for c in cfg.gits_candidates if c in gits.METRICS}
@@ -143,7 +150,7 @@ def run_regime(regime, images, cfg, progress):
         for nfe in cfg.nfes:
             t_method = time.perf_counter()
             out, cost = run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg,
-                                   teacher_run)
+                                   teacher_run, mean)
             if "+gits" in method:
                 # The teacher pass is shared by all NFEs; the selection runs are this NFE's.
                 select = cost["gits"]["metric"] == "select"
@@ -191,6 +198,9 @@ def run(cfg, workdir: str) -> dict:
     for m in cfg.methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; valid: {METHODS}")
+    if cfg.amed_afs_mean not in bench.AFS_MEANS:
+        raise ValueError(f"unknown amed_afs_mean {cfg.amed_afs_mean!r}; valid: "
+                         f"{list(bench.AFS_MEANS)}")
     for r in cfg.regimes:
         if r not in ("gmm", "optimal", "edm"):
             raise ValueError(f"unknown regime {r!r}; valid: ('gmm', 'optimal', 'edm')")
