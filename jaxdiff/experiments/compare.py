@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 import jaxdiff
-from jaxdiff import gits, schedules
+from jaxdiff import denoisers, gits, schedules
 from jaxdiff.experiments import bench
 from jaxdiff.training import amed as amed_training
 
@@ -167,6 +167,11 @@ def run_regime(regime, images, cfg, progress):
             progress.update(1)
     info = {"reference_change_when_halved": change,
             "gits_search_seconds": gits_seconds}
+    if regime == "edm":  # how far the network is from the exact denoiser of its data
+        errors = denoisers.error_by_sigma(denoise, denoisers.optimal(images), images,
+                                          cfg.error_sigmas, key=jax.random.PRNGKey(cfg.seed))
+        info["error_vs_optimal_by_sigma"] = {f"{s:g}": float(e)
+                                             for s, e in zip(cfg.error_sigmas, errors)}
     if score_fd is not None:
         info["reference_fd"] = score_fd(reference)
     return rows, info
@@ -230,6 +235,10 @@ def run(cfg, workdir: str) -> dict:
             f.write(f"### {name}, {regime} denoiser: mean L2 error to the reference "
                     f"({cfg.num_eval} held-out samples)\n\n{res['table']}\nReference change "
                     f"when halved: {res['reference_change_when_halved']:.2e}.\n\n")
+            if "error_vs_optimal_by_sigma" in res:
+                bands = res["error_vs_optimal_by_sigma"]
+                f.write("The network's error to the exact denoiser of its data, by sigma: "
+                        + ", ".join(f"{k}: {v:.3g}" for k, v in bands.items()) + ".\n\n")
             if "fd_table" in res:
                 f.write(f"### {name}, {regime} denoiser: Frechet distance in the features of "
                         f"a classifier trained on the data (NOT Inception FID; "

@@ -88,10 +88,30 @@ class LossConfig(NamedTuple):
     batch_size: int
     p_mean: float = -1.2
     p_std: float = 1.2
+    uniform_fraction: float = 0.0  # share of each batch at log-uniform sigma instead
+    sigma_min: float = 0.002       # the log-uniform range (the sampling range)
+    sigma_max: float = 80.0
     sigma_data: float = 0.5
     num_classes: int = 0         # 0: unconditional
     label_dropout: float = 0.0   # probability of replacing a label with the null label
     ema_decay: float = 0.999
+
+
+def training_sigmas(key, batch: int, cfg: LossConfig):
+    """(batch,) float32 training noise levels: EDM's log-normal exp(P_mean + P_std n).
+
+    With ``cfg.uniform_fraction`` f > 0, each sigma is instead drawn log-uniformly over
+    [sigma_min, sigma_max] with probability f: EDM's log-normal puts ~0.2% of its mass
+    above sigma = 10, where sampling starts; f = 0.25 puts ~5% there.
+    """
+    sigma = jnp.exp(cfg.p_mean + cfg.p_std * jax.random.normal(key, (batch,), jnp.float32))
+    if cfg.uniform_fraction > 0:
+        k_pick, k_log = jax.random.split(jax.random.fold_in(key, 1))
+        log_u = jax.random.uniform(k_log, (batch,), jnp.float32, np.log(cfg.sigma_min),
+                                   np.log(cfg.sigma_max))
+        pick = jax.random.uniform(k_pick, (batch,), jnp.float32) < cfg.uniform_fraction
+        sigma = jnp.where(pick, jnp.exp(log_u), sigma)
+    return sigma
 
 
 def edm_loss(model: unet.UNet, params, x, labels, key, cfg: LossConfig):
@@ -110,7 +130,7 @@ def edm_loss(model: unet.UNet, params, x, labels, key, cfg: LossConfig):
     """
     k_sigma, k_noise, k_drop = jax.random.split(key, 3)
     b = x.shape[0]
-    sigma = jnp.exp(cfg.p_mean + cfg.p_std * jax.random.normal(k_sigma, (b,), jnp.float32))
+    sigma = training_sigmas(k_sigma, b, cfg)
     noise = jax.random.normal(k_noise, x.shape, jnp.float32) * sigma[:, None, None, None]
     if cfg.num_classes > 0 and labels is not None and cfg.label_dropout > 0:
         drop = jax.random.uniform(k_drop, (b,), jnp.float32) < cfg.label_dropout
@@ -197,6 +217,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def loss_config(config) -> LossConfig:
     return LossConfig(batch_size=int(config.batch_size), p_mean=float(config.loss.p_mean),
                       p_std=float(config.loss.p_std),
+                      uniform_fraction=float(config.loss.uniform_fraction),
+                      sigma_min=float(config.loss.sigma_min),
+                      sigma_max=float(config.loss.sigma_max),
                       sigma_data=float(config.model.sigma_data),
                       num_classes=int(config.model.num_classes),
                       label_dropout=float(config.label_dropout),
@@ -241,6 +264,14 @@ def check_config(config) -> None:
     """ValueError naming the first bad loop setting (before any data is loaded)."""
     for name in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
         config_checks.int_at_least(config, name, 1)
+    fraction = config.loss.uniform_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0 <= fraction < 1:
+        raise ValueError(f"config.loss.uniform_fraction must be a number in [0, 1), got "
+                         f"{fraction!r}")
+    if not 0 < config.loss.sigma_min < config.loss.sigma_max:
+        raise ValueError(f"config.loss needs 0 < sigma_min < sigma_max, got "
+                         f"{config.loss.sigma_min!r}, {config.loss.sigma_max!r}")
     if 0 < int(config.max_examples) < int(config.batch_size):
         raise ValueError(f"config.batch_size={config.batch_size} is larger than the "
                          f"{config.max_examples} training images (config.max_examples)")

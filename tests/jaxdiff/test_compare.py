@@ -40,3 +40,21 @@ def test_bad_config_fails_fast(tmp_path):
     cfg.edm_workdir = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="python -m jaxdiff.train"):
         compare.run(cfg, str(tmp_path))
+
+
+def test_edm_regime_reports_the_network_error_by_sigma(tmp_path):
+    from configs import edm_digits
+    from jaxdiff.training import edm
+    net = edm_digits.get_config("tiny")
+    net.progress = False
+    edm.train_and_evaluate(net, str(tmp_path / "edm"))
+    cfg = get_config("test")
+    cfg.regimes, cfg.methods, cfg.fd = ("edm",), ("ipndm", "ipndm+gits"), False
+    cfg.edm_workdir, cfg.edm_config_arg = str(tmp_path / "edm"), "tiny"
+    res = compare.run(cfg, str(tmp_path / "compare"))["regimes"]["edm"]
+    errors = res["error_vs_optimal_by_sigma"]
+    assert list(errors) == [f"{s:g}" for s in cfg.error_sigmas]
+    # A few steps of a tiny U-Net: far from the exact denoiser, and finite everywhere.
+    assert all(0 < e < 50 for e in errors.values()), errors
+    assert {r["method"] for r in res["rows"]} == {"ipndm", "ipndm+gits"}
+    assert "error to the exact denoiser" in (tmp_path / "compare" / "results.md").read_text()

@@ -181,3 +181,16 @@ def test_gaussian_mixture_accepts_a_fitted_tuple():
                                denoisers.gaussian_mixture(*gmm)(x, 1.0))
     with pytest.raises(ValueError, match="needs means, variances and weights"):
         denoisers.gaussian_mixture(np.zeros((2, 3)))
+
+
+def test_error_by_sigma_closed_form():
+    # One data point mu: the optimal denoiser is mu at every sigma, so the identity
+    # "denoiser" is off by ||sigma eps||, whose mean is sigma E[chi_64] = 7.9765 sigma.
+    mu = np.linspace(-1, 1, 64)[None]
+    sigmas = np.array([0.01, 1.0, 30.0])
+    err = denoisers.error_by_sigma(lambda x, s: x, denoisers.optimal(mu), mu, sigmas,
+                                   key=jax.random.PRNGKey(0), num_samples=4000)
+    np.testing.assert_allclose(err / sigmas, 7.9765, rtol=0.02)
+    same = denoisers.error_by_sigma(denoisers.optimal(mu), denoisers.optimal(mu), mu, sigmas,
+                                    key=jax.random.PRNGKey(0), num_samples=8)
+    np.testing.assert_array_equal(same, 0.0)

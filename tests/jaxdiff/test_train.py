@@ -106,6 +106,22 @@ def test_configs_build():
         edm_digits.get_config("huge")
 
 
+def test_training_sigmas_wide_puts_mass_where_sampling_starts():
+    key = jax.random.PRNGKey(0)
+    edm = train.loss_config(edm_digits.get_config())
+    wide = train.loss_config(edm_digits.get_config("wide"))
+    s_edm = np.asarray(train.training_sigmas(key, 200_000, edm))
+    s_wide = np.asarray(train.training_sigmas(key, 200_000, wide))
+    # EDM's log-normal (-1.2, 1.2): P(sigma > 10) = P(n > 2.919) = 0.18%.
+    np.testing.assert_allclose(np.mean(s_edm > 10), 0.00176, atol=4e-4)
+    # A quarter log-uniform over [0.002, 80]: 0.25 ln(8) / ln(40000) + 0.75 * 0.18% = 5.0%.
+    np.testing.assert_allclose(np.mean(s_wide > 10), 0.25 * np.log(8) / np.log(4e4)
+                               + 0.75 * 0.00176, atol=2e-3)
+    # Without the option the draws are EDM's own, unchanged.
+    np.testing.assert_allclose(s_edm, np.exp(-1.2 + 1.2 * np.asarray(
+        jax.random.normal(key, (200_000,), jnp.float32))), rtol=1e-6)
+
+
 def test_bad_input(tmp_path):
     cfg = edm_digits.get_config("tiny")
     cfg.dataset = "no_such_dataset_xyz"
@@ -119,6 +135,10 @@ def test_bad_input(tmp_path):
     cfg.optim.schedule = "nope"
     with pytest.raises(ValueError, match="optim.schedule"):
         train.make_optimizer(cfg)
+    cfg = edm_digits.get_config("tiny")
+    cfg.loss.uniform_fraction = 1.0
+    with pytest.raises(ValueError, match=r"uniform_fraction must be a number in \[0, 1\)"):
+        train.train_and_evaluate(cfg, str(tmp_path / "c"))
     with pytest.raises(FileNotFoundError, match="no EDM model checkpoints"):
         train.load_checkpoint(str(tmp_path / "empty"))
 
