@@ -20,7 +20,7 @@ def test_compare_runs_every_method(tmp_path):
     assert by["ipndm+gits"]["selection_nfe"] == 3 * 8 * 5
     assert by["ipndm+gits_dev"]["gits"]["metric"] == "dev"
     assert by["ipndm+gits_dev"]["selection_nfe"] == 0
-    assert by["amed"]["afs"] == {"used": True, "mean": "zero"}  # NFE 5: AFS
+    assert by["amed"]["afs"] == {"used": True, "mean": "data"}  # NFE 5: AFS
     assert by["amed"]["teacher_nfe"] > 0
     assert all(r["error"] > 0 for r in rows)
     assert "iPNDM+GITS" in (tmp_path / "results.md").read_text()
