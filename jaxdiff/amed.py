@@ -315,7 +315,8 @@ def sample(denoise_fn, x, sigmas, predictor: AMEDPredictor, *, feature_fn=None,
            return_trajectory: bool = False):
     """Sample with AMED; used by ``jaxdiff.sample(..., amed=predictor)``.
 
-    Returns x_final (B, ...) or (x_final, (xs (N, B, ...), denoised (N-1, B, ...))).
+    Returns ``(x_final (B, ...), None)``, or ``(x_final, (xs (N, B, ...), denoised
+    (N-1, B, ...)))`` with ``return_trajectory=True``.
     """
     fn_def, fn_leaves = callables.split(denoise_fn)
     feat_def, feat_leaves = callables.split(feature_fn)
