@@ -32,8 +32,22 @@ Several seeds train at once: the state carries a leading seed axis and the step 
 ``jax.vmap``-ed over it (``num_seeds``). Model selection uses validation accuracy per
 student; reported per seed: each student's test accuracy at its best-validation epoch, their
 mean (``mean_student``), the test accuracy of the student with the best validation accuracy
-(``best_student``), and the reference code's "max over students" (``max_student_coded``:
-test max over students at the epoch where the max-over-students selection metric peaked).
+(``best_student``), the reference code's "max over students" (``max_student_coded``:
+test max over students at the epoch where the max-over-students selection metric peaked),
+and each student's test accuracy at the last epoch with their mean (``mean_student_last``).
+
+**Which epochs are selected from** (:func:`selection_start`): as in the reference code, an
+OAD run selects among its OKD epochs only (epoch index >= ``warmup_epochs``): both
+selections are restarted at the first OKD epoch, so a warm-up epoch is never reported as an
+OAD result. A run whose OKD phase adds nothing to the warm-up loss (``gan_trade =
+logitkd_trade = 0``: the "alone" cells, one student trained with CE for all its epochs)
+selects over all its epochs. A run with no OKD epoch (``okd_epochs = 0``: warm-up only)
+reports the selection over its warm-up epochs, since no restart happens; extending it
+(``--config.extend=True``) to OKD epochs restarts the selection at the first one, exactly
+as an uninterrupted longer run does. The restart depends only on the epoch counter, so the
+state layout is unchanged and resuming stays exact; checkpoints of OAD runs record the rule
+(``settings["selection"]``), so a checkpoint written before this rule (which selected over
+all epochs) is refused instead of being resumed with its old selection.
 
 Runs are checked and resumed as :mod:`jaxgraph.train` describes: config values before
 any data are read (:func:`check_config`), the newest good checkpoint with the same settings
@@ -67,7 +81,8 @@ from jaxgraph.train import (
 )
 from jaxinfra import config_checks
 
-__all__ = ["OADState", "OAD", "make_oad", "kd_loss", "check_config", "run_oad", "summarize"]
+__all__ = ["OADState", "OAD", "make_oad", "kd_loss", "check_config", "selection_start",
+           "run_oad", "summarize"]
 
 
 def kd_loss(student_logits, teacher_logits, mask, *, temperature: float,
@@ -171,6 +186,21 @@ def check_config(config) -> None:
         raise ValueError(f"config.optim.weight_decay must be a number >= 0, got {wd!r}")
 
 
+def selection_start(config) -> int:
+    """The first epoch (0-based) that model selection may pick: ``warmup_epochs`` when the
+    OKD phase has a distillation term (``gan_trade`` or ``logitkd_trade`` non-zero), else 0
+    (a student trained alone selects over all its epochs). With ``okd_epochs = 0`` no epoch
+    reaches it and the selection stays the one over the warm-up epochs."""
+    okd_terms = bool(config.gan_trade) or bool(config.logitkd_trade)
+    return int(config.warmup_epochs) if okd_terms else 0
+
+
+def _restart_selection(sel: Selection, restart) -> Selection:
+    """``sel`` emptied (as :meth:`Selection.create`) where ``restart`` is True."""
+    fresh = Selection.create(sel.best_val.shape)
+    return jax.tree.map(lambda f, old: jnp.where(restart, f, old), fresh, sel)
+
+
 def make_oad(config, task: NodeTask) -> OAD:
     """Builds the OAD functions for ``config`` (as built by configs/gnn/oad_common.py) and
     ``task``'s shapes (the task itself is an argument of ``step``)."""
@@ -186,6 +216,7 @@ def make_oad(config, task: NodeTask) -> OAD:
     temperature = float(config.kd.temperature)
     kd_scale = config.kd.scale
     warmup = int(config.warmup_epochs)
+    select_from = selection_start(config)
     sel_split = "test_mask" if config.select_on == "test" else "val_mask"
 
     def init(key) -> OADState:
@@ -282,8 +313,13 @@ def make_oad(config, task: NodeTask) -> OAD:
                              for z in zs_eval]) for s in ("val", "test")}
         sel_acc = jnp.stack([masked_accuracy(z, task.labels, getattr(task, sel_split))
                              for z in zs_eval])
-        selection = update_selection(state.selection, acc["val"], acc["test"], state.step)
-        coded = update_selection(state.coded, sel_acc.max(), acc["test"].max(), state.step)
+        # Selection among the OKD epochs only: both restart at the first one, select_from
+        # (0 for runs without OKD terms, the "alone" runs: a no-op, all epochs count).
+        restart = state.step == select_from
+        selection = update_selection(_restart_selection(state.selection, restart),
+                                     acc["val"], acc["test"], state.step)
+        coded = update_selection(_restart_selection(state.coded, restart), sel_acc.max(),
+                                 acc["test"].max(), state.step)
         new_state = OADState(step=state.step + 1, students=students, student_opt=s_opt,
                              discs=new_discs, disc_opt=new_dopt, selection=selection,
                              coded=coded)
@@ -297,8 +333,12 @@ def make_oad(config, task: NodeTask) -> OAD:
                gan_loss=gan_loss, students=tuple(config.students))
 
 
-def summarize(state: OADState) -> dict:
-    """Per-seed selection results of a (seed-stacked) state as host lists / floats."""
+def summarize(state: OADState, last: dict | None = None) -> dict:
+    """Per-seed selection results of a (seed-stacked) state as host lists / floats.
+
+    ``last``: the accuracies of the final students (``OAD.evaluate``, vmapped: ``{"val":
+    (seeds, M), "test": (seeds, M)}``); adds each student's last-epoch accuracies and
+    ``mean_student_last`` (their mean over students)."""
     sel = jax.device_get(state.selection)
     coded = jax.device_get(state.coded)
     best_val = np.atleast_2d(sel.best_val)
@@ -308,9 +348,18 @@ def summarize(state: OADState) -> dict:
                 "student_best_epoch": np.atleast_2d(sel.epoch).tolist(),
                 "mean_student": test.mean(axis=1).tolist(),
                 "best_student": best_student.tolist(),
-                "max_student_coded": np.atleast_1d(coded.test_at_best).tolist()}
+                "max_student_coded": np.atleast_1d(coded.test_at_best).tolist(),
+                "max_student_coded_epoch": np.atleast_1d(coded.epoch).tolist()}
+    keys = ["mean_student", "best_student", "max_student_coded"]
+    if last is not None:
+        last_test = np.atleast_2d(np.asarray(jax.device_get(last["test"])))
+        last_val = np.atleast_2d(np.asarray(jax.device_get(last["val"])))
+        per_seed.update({"student_last_test": last_test.tolist(),
+                         "student_last_val": last_val.tolist(),
+                         "mean_student_last": last_test.mean(axis=1).tolist()})
+        keys.append("mean_student_last")
     stats = {}
-    for k in ("mean_student", "best_student", "max_student_coded"):
+    for k in keys:
         v = np.asarray(per_seed[k])
         stats[k] = {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
     return {"per_seed": per_seed, "stats": stats}
@@ -338,25 +387,34 @@ def run_oad(config, workdir: str) -> dict:
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
     # The defaults of architectures no student uses never change the results.
     unused_models = tuple(f"models.{a}" for a in config.models if a not in config.students)
+    settings = run_settings(config, ignore=unused_models)
+    if selection_start(config) > 0:
+        # Recorded so that a checkpoint selected over all epochs (written before the
+        # selection among OKD epochs) is refused rather than resumed with its selection.
+        settings["selection"] = "okd_epochs"
     t0 = time.time()
     state = run_epochs(
         jax.jit(jax.vmap(oad.step, in_axes=(0, None, 0)), donate_argnums=(0,)),
         jax.jit(jax.vmap(oad.init))(init_keys), task, train_keys, workdir=workdir,
         meta={"dataset": config.dataset, "students": list(config.students),
               "seeds": [int(s) for s in seeds],
-              "settings": run_settings(config, ignore=unused_models)},
+              "settings": settings},
         epochs=config.warmup_epochs + config.okd_epochs, log_every=config.log_every,
         checkpoint_every=config.checkpoint_every, log_metrics=_log_metrics,
         desc=f"oad {config.dataset} {'/'.join(config.students)}", progress=config.progress,
         what="GNN OAD", extend=bool(config.get("extend", False)), extend_keys=("okd_epochs",),
         axes=("seed", "student"))
+    last = jax.jit(jax.vmap(oad.evaluate, in_axes=(0, None)))(state, task)
     result = {"dataset": config.dataset, "students": list(config.students),
               "seeds": [int(s) for s in seeds], "warmup_epochs": config.warmup_epochs,
               "okd_epochs": config.okd_epochs, "logitkd_trade": config.logitkd_trade,
               "gan_trade": config.gan_trade, "d_trade": config.d_trade,
               "kd_scale": config.kd.scale, "disc_final_relu": config.disc.final_relu,
               "self_loops": config.self_loops, "select_on": config.select_on,
-              "train_seconds": time.time() - t0, **summarize(state)}
+              # the first epoch the selection could pick (0 when no OKD epoch was run:
+              # then the warm-up epochs are all there is)
+              "selection_from_epoch": selection_start(config) if config.okd_epochs else 0,
+              "train_seconds": time.time() - t0, **summarize(state, last)}
     with open(os.path.join(workdir, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
     return result

@@ -166,8 +166,9 @@ class Selection(struct.PyTreeNode):
 
 
 def update_selection(sel: Selection, val_acc, test_acc, epoch) -> Selection:
-    """Keeps the first epoch with the strictly highest validation accuracy."""
-    better = val_acc > sel.best_val
+    """Keeps the first epoch with the strictly highest validation accuracy (compared in
+    the selection's float32, so that a tie stays a tie when the metrics are float64)."""
+    better = jnp.asarray(val_acc, sel.best_val.dtype) > sel.best_val
     keep = lambda new, old: jnp.where(better, new, old).astype(old.dtype)  # noqa: E731
     return Selection(best_val=keep(val_acc, sel.best_val),
                      test_at_best=keep(test_acc, sel.test_at_best),

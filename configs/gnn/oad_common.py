@@ -10,8 +10,13 @@ SAGE, GCN, SAGE: the discriminator ring needs equal hidden widths, so GAT, 8 hea
 128 wide, does not mix), code (every reference-code quirk: no self-loops, GCN without
 dropout, GAT ReLU + 8 output heads, ReLU on the discriminator output, KD divided by N C,
 test-mask selection on Cora), nolocal (gan_trade = 0: no discriminators), noglobal
-(logitkd_trade = 0), alone (one student, CE only, same epochs and optimiser), seeds=<n>,
+(logitkd_trade = 0), alone (one student, CE only, same epochs and optimiser), gan=<x>
+(gan_trade = x, e.g. gan=0.1 as in the reference PPI script's GAT command; d_trade stays 1:
+Adam makes the discriminators' step all but independent of its loss scale), seeds=<n>,
 tiny (a few epochs, 2 students, 2 seeds; tests).
+
+Model selection: an OAD run selects among its OKD epochs only (the reference code's
+choice); "alone" (no OKD term) selects over all its epochs (jaxgraph.oad.selection_start).
 """
 import ml_collections
 
@@ -31,7 +36,7 @@ def oad_config(dataset: str, arg=None) -> ml_collections.ConfigDict:
     args = config_args.parse(
         arg, flags=("code", "nolocal", "noglobal", "alone", "tiny"),
         choices={"students": ("gcn", "gat", "sage", "mix")}, defaults={"students": "gcn"},
-        values={"seeds": int})
+        values={"seeds": int, "gan": float})
     opts, arch = args.flags, args.choices["students"]
     c = ml_collections.ConfigDict()
     c.dataset = dataset
@@ -71,6 +76,15 @@ def oad_config(dataset: str, arg=None) -> ml_collections.ConfigDict:
         c.students = c.students[:1]
         c.gan_trade = 0.0
         c.logitkd_trade = 0.0
+    if "gan" in args.values:
+        gan = args.values["gan"]
+        clash = sorted(opts & {"nolocal", "alone"})
+        if clash:
+            raise ValueError(f"config option gan={gan} contradicts {clash[0]!r} (which sets "
+                             "gan_trade = 0); give one of them")
+        if not gan >= 0:
+            raise ValueError(f"config option gan={gan} must be a number >= 0 (gan_trade)")
+        c.gan_trade = gan
     c.num_seeds = args.values.get("seeds", c.num_seeds)
     if "tiny" in opts:
         c.students = c.students[:2]

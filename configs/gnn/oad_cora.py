@@ -3,6 +3,7 @@
     python -m jaxgraph.oad --config=configs/gnn/oad_cora.py --workdir=runs/oad_cora
     python -m jaxgraph.oad --config=configs/gnn/oad_cora.py:gat,seeds=10 --workdir=runs/oad_cora_gat
     python -m jaxgraph.oad --config=configs/gnn/oad_cora.py:gcn,code --workdir=runs/oad_cora_code
+    python -m jaxgraph.oad --config=configs/gnn/oad_cora.py:gat,gan=0.1,seeds=10 --workdir=runs/oad_cora_gat_gan01
 
 Defaults and options: configs/gnn/oad_common.py (e.g. ``:gcn,code`` selects every
 reference-code quirk, with test-mask selection as the reference Cora script does).

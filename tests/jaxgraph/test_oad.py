@@ -158,3 +158,95 @@ def test_config_validation(task):
     mix = oad_config("citeseer", "mix,seeds=3,nolocal")
     assert mix.students == ("gcn", "sage", "gcn", "sage") and mix.num_seeds == 3
     assert mix.gan_trade == 0 and mix.logitkd_trade == 1
+    gan = oad_config("cora", "gat,gan=0.1")        # the reference PPI script's gan_trade
+    assert (gan.gan_trade, gan.d_trade, gan.logitkd_trade) == (0.1, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"gan=0\.1 contradicts 'nolocal'"):
+        oad_config("cora", "gat,gan=0.1,nolocal")
+    with pytest.raises(ValueError, match=r"gan=-1\.0 must be a number >= 0"):
+        oad_config("cora", "gat,gan=-1")
+
+
+def _run_steps(o, state, task, key, epochs):
+    """``epochs`` jitted steps; returns the state and the per-epoch (val, test) accuracies
+    as (epochs, M) host arrays."""
+    step = jax.jit(o.step)
+    val, test = [], []
+    for _ in range(epochs):
+        state, m = step(state, task, key)
+        val.append(np.asarray(m["val_accuracy"]))
+        test.append(np.asarray(m["test_accuracy"]))
+    return state, np.stack(val), np.stack(test)
+
+
+def _wrong_labels(task):
+    """The task with every label moved to the next class: training on it (and judging by
+    it) makes validation accuracy collapse, so the best validation epoch lies before."""
+    return task.replace(labels=(task.labels + 1) % task.num_classes)
+
+
+def _expected(val, test, first):
+    """The selection over epochs >= ``first``: first strict maximum per student (as the
+    float32 selection state holds them)."""
+    val, test = val.astype(np.float32), test.astype(np.float32)
+    ep = first + val[first:].argmax(axis=0)
+    cols = np.arange(val.shape[1])
+    return ep, val[ep, cols], test[ep, cols]
+
+
+def test_oad_selects_among_okd_epochs_only(task):
+    """Validation accuracy peaks during warm-up (the OKD epochs train and judge on wrong
+    labels); OAD must report an OKD epoch (epoch >= warmup_epochs), per student and for the
+    reference code's max-over-students selection. After the warm-up alone (a run with
+    okd_epochs = 0) the selection is the warm-up's."""
+    warmup, okd = 8, 4
+    c = small_config(warmup_epochs=warmup, okd_epochs=okd)
+    c.optim.lr = 0.05                            # validation accuracy ~0.9 after 8 epochs
+    assert oad.selection_start(c) == warmup
+    o = oad.make_oad(c, task)
+    key = jax.random.PRNGKey(3)
+    state, val_w, test_w = _run_steps(o, o.init(jax.random.PRNGKey(0)), task, key, warmup)
+    ep, best, at_best = _expected(val_w, test_w, 0)         # warm-up only: over all epochs
+    np.testing.assert_array_equal(state.selection.epoch, ep)
+    np.testing.assert_array_equal(state.selection.test_at_best, at_best)
+    state, val_o, test_o = _run_steps(o, state, _wrong_labels(task), key, okd)
+    val, test = np.concatenate([val_w, val_o]), np.concatenate([test_w, test_o])
+    assert np.all(val_w.max(0) > val_o.max(0))              # the peak is in the warm-up
+    ep, best, at_best = _expected(val, test, warmup)
+    sel = jax.device_get(state.selection)
+    assert np.all(sel.epoch >= warmup)
+    np.testing.assert_array_equal(sel.epoch, ep)
+    np.testing.assert_array_equal(sel.best_val, best)
+    np.testing.assert_array_equal(sel.test_at_best, at_best)
+    coded = jax.device_get(state.coded)
+    e = warmup + int(val[warmup:].astype(np.float32).max(1).argmax())
+    assert int(coded.epoch) == e >= warmup
+    np.testing.assert_array_equal(coded.test_at_best, np.float32(test[e].max()))
+    # summarize: per-student, mean, best-by-validation and last-epoch fields
+    last = o.evaluate(state, _wrong_labels(task))
+    np.testing.assert_array_equal(last["test"], test[-1])
+    s = oad.summarize(state, last)
+    assert s["per_seed"]["student_best_epoch"] == [ep.tolist()]
+    np.testing.assert_allclose(s["stats"]["mean_student_last"]["mean"], test[-1].mean())
+    np.testing.assert_allclose(s["stats"]["mean_student"]["mean"], at_best.mean())
+    np.testing.assert_allclose(s["stats"]["best_student"]["mean"], at_best[best.argmax()])
+
+
+def test_alone_selects_over_all_epochs(task):
+    """Without OKD terms (the "alone" cells: CE only for all epochs) the warm-up is not
+    special: the peak is selected wherever it lies."""
+    warmup, okd = 8, 4
+    c = small_config(warmup_epochs=warmup, okd_epochs=okd, students=("gcn", "gcn"),
+                     gan_trade=0.0, logitkd_trade=0.0)
+    c.optim.lr = 0.05
+    assert oad.selection_start(c) == 0
+    assert oad.selection_start(oad_config("cora", "gat,alone")) == 0
+    assert oad.selection_start(oad_config("cora", "gat,nolocal")) == 100
+    o = oad.make_oad(c, task)
+    key = jax.random.PRNGKey(3)
+    state, val_w, test_w = _run_steps(o, o.init(jax.random.PRNGKey(0)), task, key, warmup)
+    state, val_o, test_o = _run_steps(o, state, _wrong_labels(task), key, okd)
+    ep, _, at_best = _expected(np.concatenate([val_w, val_o]),
+                               np.concatenate([test_w, test_o]), 0)
+    assert np.all(ep < warmup)
+    np.testing.assert_array_equal(state.selection.epoch, ep)
+    np.testing.assert_array_equal(state.selection.test_at_best, at_best)

@@ -154,19 +154,31 @@ def test_oad_bad_values_fail_before_any_work(tmp_path, field, value, message):
     assert not (tmp_path / "w").exists()
 
 
-def test_oad_on_cora_runs_and_survives_faults(tmp_path):
+def test_oad_on_cora_runs_and_survives_faults(tmp_path, monkeypatch):
     """``python -m jaxgraph.oad``'s path on Cora, tiny (2 seeds x 2 students, 2 warm-up + 3
-    OKD epochs); then a corrupt latest checkpoint, other settings, extension, NaN (naming
-    the seed)."""
+    OKD epochs; selection among the OKD epochs, last-epoch accuracies); then a corrupt
+    latest checkpoint, other settings, extension, a checkpoint selected over all epochs
+    (before that rule), NaN (naming the seed)."""
     run = tmp_path / "run"
     first = oad.run_oad(oad_config("tiny"), str(run))
     assert first["seeds"] == [0, 1] and first["students"] == ["gcn", "gcn"]
     assert len(first["per_seed"]["student_test"]) == 2
     assert all(0 < v <= 1 for v in first["per_seed"]["best_student"])
+    # selection among the OKD epochs (index >= warmup_epochs = 2) only; last-epoch accuracies
+    assert first["selection_from_epoch"] == 2
+    assert min(min(e) for e in first["per_seed"]["student_best_epoch"]) >= 2
+    assert min(first["per_seed"]["max_student_coded_epoch"]) >= 2
+    last = first["per_seed"]["student_last_test"]
+    assert len(last) == 2 and all(len(row) == 2 and all(0 < v <= 1 for v in row)
+                                  for row in last)
+    assert first["stats"]["mean_student_last"]["n"] == 2
     with open(run / "result.json") as f:
         assert json.load(f)["stats"] == first["stats"]
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [r["step"] for r in rows if "train/gan" in r] == [1, 2, 3, 4, 5]
+    last_row = [r for r in rows if "eval/test_accuracy" in r][-1]     # means at epoch 5
+    assert last_row["step"] == 5
+    assert abs(last_row["eval/test_accuracy"] - sum(map(sum, last)) / 4) < 1e-6
     assert checkpoint_steps(run) == [4, 5]
     flip_bit(largest_file(run / "checkpoints" / "5"))
     with pytest.warns(RuntimeWarning, match=r"step 5 .* is corrupt .*; using step 4"):
@@ -192,6 +204,15 @@ def test_oad_on_cora_runs_and_survives_faults(tmp_path):
     assert [r["step"] for r in rows if "train/gan" in r] == [1, 2, 3, 4, 5, 6]   # never twice
     _, meta, state = _final_state(run)
     assert meta["epoch"] == 6 and state["step"].tolist() == [6, 6]    # per seed
+    # a checkpoint of the old code (selection over all epochs, no "selection" setting) is
+    # refused, never resumed with its old selection
+    old = tmp_path / "old"
+    monkeypatch.setattr(oad, "selection_start", lambda config: 0)
+    oad.run_oad(oad_config("tiny"), str(old))
+    monkeypatch.undo()
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"other settings: selection: '<absent>' -> 'okd_epochs'\. "):
+        oad.run_oad(oad_config("tiny"), str(old))
     nan = oad_config("tiny")
     nan.optim.lr = float("nan")
     with pytest.raises(NonFiniteError, match=r"^oad cora gcn/gcn training \(one step per "
