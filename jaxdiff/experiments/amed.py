@@ -20,11 +20,11 @@ import jaxdiff
 from jaxdiff import schedules
 from jaxdiff.experiments import bench
 from jaxdiff.training import amed as amed_training
+from jaxinfra import config_checks
 
 
 def run(cfg, workdir: str) -> dict:
-    if cfg.afs_mean not in bench.AFS_MEANS:
-        raise ValueError(f"unknown afs_mean {cfg.afs_mean!r}; valid: {list(bench.AFS_MEANS)}")
+    config_checks.one_of(cfg, "afs_mean", bench.AFS_MEANS)
     os.makedirs(workdir, exist_ok=True)
     name, images = bench.load_images(cfg)
     denoise = bench.build_denoiser(cfg.denoiser, images, cfg)

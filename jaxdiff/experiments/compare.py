@@ -30,6 +30,7 @@ import jaxdiff
 from jaxdiff import denoisers, gits, schedules
 from jaxdiff.experiments import bench
 from jaxdiff.training import amed as amed_training
+from jaxinfra import config_checks
 
 METHODS = ("ipndm", "ipndm+gits", "ddim+gits", "ipndm+gits_dev", "ddim+gits_dev",
            "ipndm+amed", "amed", "dpmpp", "unipc")
@@ -67,7 +68,7 @@ def gits_schedule(method, nfe, denoise, cfg, teacher_run):
         chosen = gits.select_schedule(denoise, teacher_run, nfe + 1, coeff=cfg.gits_coeff,
                                       candidates=tuple(cfg.gits_candidates), student=student)
         settings.update(candidates=list(cfg.gits_candidates), selected=chosen.selected,
-                        candidate_errors=chosen.errors)
+                        candidate_errors=chosen.errors, selection_nfe=chosen.model_calls)
         return chosen.sigmas, settings
     indices = gits.dp_schedule(teacher_run.costs[metric], nfe + 1, cfg.gits_coeff)
     return teacher_run.grid[indices], settings
@@ -85,8 +86,8 @@ def run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg, teach
         return out, cost
     if "+gits" in method:
         sigmas, settings = gits_schedule(method, nfe, denoise, cfg, teacher_run)
-        solver = "ipndm" if method.startswith("ipndm") else "euler"
-        out = jaxdiff.sample(denoise, x_eval, jnp.asarray(sigmas, x_eval.dtype), solver=solver)
+        out = jaxdiff.sample(denoise, x_eval, jnp.asarray(sigmas, x_eval.dtype),
+                             solver=settings["student"])
         return out, {**cost, "gits": settings,
                      "sigmas": [float(v) for v in np.asarray(sigmas)]}
     spec = _AMED[method]
@@ -153,12 +154,12 @@ def run_regime(regime, images, cfg, progress):
                                    teacher_run, mean)
             if "+gits" in method:
                 # The teacher pass is shared by all NFEs; the selection runs are this NFE's.
-                select = cost["gits"]["metric"] == "select"
+                selection_nfe = cost["gits"].get("selection_nfe", 0)
                 cost.update(seconds=gits_seconds, teacher_nfe=cfg.gits_warmup * (
                                 cfg.gits_grid - 1),
-                            selection_seconds=time.perf_counter() - t_method if select else 0.0,
-                            selection_nfe=(len(cfg.gits_candidates) * cfg.gits_warmup * nfe
-                                           if select else 0))
+                            selection_seconds=(time.perf_counter() - t_method
+                                               if selection_nfe else 0.0),
+                            selection_nfe=selection_nfe)
             row = {"regime": regime, "method": method, "nfe": nfe,
                    "error": bench.mean_l2(out, reference), **cost}
             if score_fd is not None:
@@ -203,9 +204,7 @@ def run(cfg, workdir: str) -> dict:
     for m in cfg.methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; valid: {METHODS}")
-    if cfg.amed_afs_mean not in bench.AFS_MEANS:
-        raise ValueError(f"unknown amed_afs_mean {cfg.amed_afs_mean!r}; valid: "
-                         f"{list(bench.AFS_MEANS)}")
+    config_checks.one_of(cfg, "amed_afs_mean", bench.AFS_MEANS)
     for r in cfg.regimes:
         if r not in ("gmm", "optimal", "edm"):
             raise ValueError(f"unknown regime {r!r}; valid: ('gmm', 'optimal', 'edm')")

@@ -33,7 +33,8 @@ def test_bad_config_fails_fast(tmp_path):
         compare.run(cfg, str(tmp_path))
     cfg = get_config("test")
     cfg.amed_afs_mean = "mean"
-    with pytest.raises(ValueError, match="unknown amed_afs_mean 'mean'"):
+    with pytest.raises(ValueError,
+                       match="unknown config.amed_afs_mean 'mean'; valid: zero, data, denoiser"):
         compare.run(cfg, str(tmp_path))
     cfg = get_config("test")
     cfg.regimes = ("edm",)
