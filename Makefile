@@ -45,7 +45,7 @@ bench-deps: $(STAMP)
 	$(VPY) -m pip install --quiet --no-index --no-deps 'torch>=2.3' 2>/dev/null \
 	  || echo "bench: no local CPU-only torch wheel; installing PyPI's default torch"
 	$(VPY) -m pip install --quiet 'torch>=2.3' torchsde torchdiffeq safetensors scipy tqdm pillow \
-	  'pykeen>=1.10' 'torch_geometric>=2.5'
+	  'pykeen>=1.10' 'torch_geometric>=2.5' 'diffusers>=0.27'
 	$(VPY) -m pip install --quiet --no-deps 'k-diffusion>=0.1.1'
 
 bench: bench-deps

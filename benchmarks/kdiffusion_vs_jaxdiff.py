@@ -9,6 +9,14 @@ with the number of steps chosen so that both sides make the same number of denoi
 calls (NFE). We report the agreement of the final samples and wall times at several
 batch sizes.
 
+The stochastic samplers (Euler ancestral, DPM-Solver++(2M) SDE, Heun with EDM's churn)
+consume the same standard normal draws on both sides: an array of shape
+(steps, batch, 64) drawn with numpy, given to ``jaxdiff.sample(..., noise=...)`` and
+served to k-diffusion slice by slice (slice i at step i) through its ``noise_sampler``
+argument, or, for ``sample_heun``'s churn, which calls ``torch.randn_like`` once per
+step, through ``torch.randn_like`` replaced for the duration of the call. Timings of
+those rows include this noise hand-over on both sides (no random number generation).
+
     python -m benchmarks.kdiffusion_vs_jaxdiff --out=benchmarks/results/kdiffusion.json
     python -m benchmarks.kdiffusion_vs_jaxdiff --out=/tmp/k.json --quick   # smoke run
 
@@ -24,9 +32,11 @@ three kinds of call alternate while timing, so a machine slowdown hits all alike
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -46,12 +56,19 @@ from benchmarks.timing import cpu_ticks as _cpu_ticks
 from benchmarks.timing import package_version as _version
 from jaxdiff import denoisers
 
-# name -> (k-diffusion sampler, jaxdiff solver, jaxdiff options).
+# EDM's stochastic sampler settings for ImageNet-64 (Karras et al. 2022, Table 5).
+EDM_CHURN = {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}
+# name -> (k-diffusion sampler, jaxdiff solver, jaxdiff options[, k-diffusion options]);
+# k-diffusion gets the jaxdiff options when it has no options of its own.
 SOLVERS = {
     "euler": ("sample_euler", "euler", {}),
     "heun": ("sample_heun", "heun", {}),
     "dpm2": ("sample_dpm_2", "dpm2", {}),
-    "dpmpp_2m": ("sample_dpmpp_2m", "dpmpp", {"max_order": 2, "lower_order_final": False}),
+    "dpmpp_2m": ("sample_dpmpp_2m", "dpmpp", {"max_order": 2, "lower_order_final": False},
+                 {}),
+    "euler_ancestral": ("sample_euler_ancestral", "euler_ancestral", {}),
+    "dpmpp_2m_sde": ("sample_dpmpp_2m_sde", "dpmpp_2m_sde", {}),
+    "heun_churn": ("sample_heun", "heun", EDM_CHURN),
 }
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 TARGET_SPEEDUP = 3.0
@@ -200,19 +217,90 @@ def initial_noise(batch: int, dim: int, sigma_max: float, seed: int) -> np.ndarr
     return (np.float32(sigma_max) * z.astype(np.float32)).astype(np.float32)
 
 
-def run_kdiffusion(kds, sampler: str, model, x0: np.ndarray, sigmas: np.ndarray):
-    """Runs ``k_diffusion.sampling.<sampler>``; returns the final sample as numpy."""
+def solver_spec(name: str):
+    """(k-diffusion sampler, jaxdiff solver, jaxdiff options, k-diffusion options)."""
+    sampler, solver, options, *kd = SOLVERS[name]
+    return sampler, solver, options, (kd[0] if kd else options)
+
+
+def is_stochastic(name: str) -> bool:
+    _, solver, options, _ = solver_spec(name)
+    return jaxdiff.solvers.get(solver, **options).stochastic
+
+
+def step_noise(num_steps: int, batch: int, dim: int, seed: int,
+               dtype=np.float32) -> np.ndarray:
+    """Standard normal draws (num_steps - 1, batch, dim) from numpy, one slice per step."""
+    z = np.random.default_rng([seed, 1]).standard_normal((num_steps - 1, batch, dim))
+    return z.astype(dtype)
+
+
+class FixedNoise:
+    """A k-diffusion noise source serving given draws in order: slice i on call i.
+
+    Called as a ``noise_sampler(sigma, sigma_next)`` or as ``torch.randn_like(x)``;
+    ``calls`` counts the slices served (a run must take exactly one per step).
+    """
+
+    def __init__(self, noise: np.ndarray):
+        import torch
+
+        self.noise, self.calls = torch.from_numpy(np.ascontiguousarray(noise)), 0
+
+    def __call__(self, *args, **kwargs):
+        if self.calls >= self.noise.shape[0]:
+            raise RuntimeError(f"k-diffusion asked for more than {self.noise.shape[0]} "
+                               "noise draws")
+        self.calls += 1
+        return self.noise[self.calls - 1]
+
+
+@contextlib.contextmanager
+def _randn_like_from(source):
+    """``torch.randn_like`` replaced by ``source`` inside the block (sample_euler and
+    sample_heun draw their churn noise with it and take no noise_sampler)."""
     import torch
 
-    with torch.inference_mode():
+    original = torch.randn_like
+    torch.randn_like = source
+    try:
+        yield
+    finally:
+        torch.randn_like = original
+
+
+def run_kdiffusion(kds, sampler: str, model, x0: np.ndarray, sigmas: np.ndarray,
+                   noise: np.ndarray | None = None, options: dict | None = None):
+    """Runs ``k_diffusion.sampling.<sampler>(**options)``; returns the final sample as
+    numpy. With ``noise`` (steps, B, ...), step i's draw is ``noise[i]``; a sampler that
+    takes a different number of draws is a RuntimeError."""
+    import torch
+
+    fn = getattr(kds, sampler)
+    if noise is not None and noise.shape[0] != len(sigmas) - 1:
+        raise ValueError(f"noise has {noise.shape[0]} slices for {len(sigmas) - 1} steps")
+    kwargs = dict(options or {})
+    source = None if noise is None else FixedNoise(noise)
+    patch = contextlib.nullcontext()
+    if source is not None and "noise_sampler" in inspect.signature(fn).parameters:
+        kwargs["noise_sampler"] = source
+    elif source is not None:
+        patch = _randn_like_from(source)
+    with torch.inference_mode(), patch:
         x = torch.from_numpy(x0.copy())
         s = torch.from_numpy(sigmas.copy())
-        return getattr(kds, sampler)(model, x, s, disable=True).numpy()
+        out = fn(model, x, s, disable=True, **kwargs).numpy()
+    if source is not None and source.calls != noise.shape[0]:
+        raise RuntimeError(f"{sampler} took {source.calls} noise draws in "
+                           f"{noise.shape[0]} steps: the runs would not share their noise")
+    return out
 
 
-def run_jaxdiff(denoise_fn, solver: str, options: dict, x0, sigmas) -> np.ndarray:
+def run_jaxdiff(denoise_fn, solver: str, options: dict, x0, sigmas,
+                noise: np.ndarray | None = None) -> np.ndarray:
+    extra = {} if noise is None else {"noise": jnp.asarray(noise)}
     out = jaxdiff.sample(denoise_fn, jnp.asarray(x0), jnp.asarray(sigmas), solver=solver,
-                         **options)
+                         **options, **extra)
     return np.asarray(jax.block_until_ready(out))
 
 
@@ -241,15 +329,18 @@ def float64_agreement(kds, gmm, nfe: int, batch: int = 64, seed: int = 0) -> dic
     with jax.enable_x64(True):
         torch_model = TorchGMMDenoiser(gmm, dtype=torch.float64)
         jax_denoiser = denoisers.gaussian_mixture(gmm.means, gmm.variances, gmm.weights)
-        for name, (sampler, solver, options) in SOLVERS.items():
+        for name in SOLVERS:
+            sampler, solver, options, kd_options = solver_spec(name)
             num_steps = num_steps_for_nfe(solver, nfe, **options)
             sigmas = np.asarray(jaxdiff.schedules.get(
                 "polynomial", num_steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
                 rho=RHO), np.float64)
-            x0 = initial_noise(batch, np.asarray(gmm.means).shape[1], float(sigmas[0]),
-                               seed).astype(np.float64)
-            x_torch = run_kdiffusion(kds, sampler, torch_model, x0, sigmas)
-            x_jax = run_jaxdiff(jax_denoiser, solver, options, x0, sigmas)
+            dim = np.asarray(gmm.means).shape[1]
+            x0 = initial_noise(batch, dim, float(sigmas[0]), seed).astype(np.float64)
+            noise = (step_noise(num_steps, batch, dim, seed, np.float64)
+                     if is_stochastic(name) else None)
+            x_torch = run_kdiffusion(kds, sampler, torch_model, x0, sigmas, noise, kd_options)
+            x_jax = run_jaxdiff(jax_denoiser, solver, options, x0, sigmas, noise)
             if x_jax.dtype != np.float64 or x_torch.dtype != np.float64:
                 raise RuntimeError(f"float64 check ran in {x_jax.dtype}/{x_torch.dtype}")
             max_abs, rel_l2 = agreement(x_jax, x_torch)
@@ -262,29 +353,33 @@ def compare_solver(kds, name: str, gmm, batch: int, nfe: int, seed: int = 0,
     """One agreement run of solver ``name`` (a key of SOLVERS) at ``batch``.
 
     Returns a dict with num_steps, nfe (jaxdiff's count), torch_nfe (counted calls),
-    the two final samples, max_abs_diff and rel_l2_diff.
+    the two final samples, the step noise both consumed (None for ODE solvers),
+    max_abs_diff and rel_l2_diff.
     """
-    sampler, solver, options = SOLVERS[name]
+    sampler, solver, options, kd_options = solver_spec(name)
     torch_model = TorchGMMDenoiser(gmm) if torch_model is None else torch_model
     jax_denoiser = (denoisers.gaussian_mixture(gmm.means, gmm.variances, gmm.weights)
                     if jax_denoiser is None else jax_denoiser)
     num_steps = num_steps_for_nfe(solver, nfe, **options)
     sigmas = make_sigmas(num_steps)
-    x0 = initial_noise(batch, np.asarray(gmm.means).shape[1], float(sigmas[0]), seed)
+    dim = np.asarray(gmm.means).shape[1]
+    x0 = initial_noise(batch, dim, float(sigmas[0]), seed)
+    noise = step_noise(num_steps, batch, dim, seed) if is_stochastic(name) else None
     counter = CallCounter(torch_model)
-    x_torch = run_kdiffusion(kds, sampler, counter, x0, sigmas)
-    x_jax = run_jaxdiff(jax_denoiser, solver, options, x0, sigmas)
+    x_torch = run_kdiffusion(kds, sampler, counter, x0, sigmas, noise, kd_options)
+    x_jax = run_jaxdiff(jax_denoiser, solver, options, x0, sigmas, noise)
     max_abs, rel_l2 = agreement(x_jax, x_torch)
     return dict(num_steps=num_steps, nfe=jaxdiff.nfe(solver, num_steps, **options),
-                torch_nfe=counter.calls, x_torch=x_torch, x_jax=x_jax,
-                max_abs_diff=max_abs, rel_l2_diff=rel_l2)
+                torch_nfe=counter.calls, x_torch=x_torch, x_jax=x_jax, noise=noise,
+                sigmas=sigmas, x0=x0, max_abs_diff=max_abs, rel_l2_diff=rel_l2)
 
 
 # -------------------------------------------------------------------------- timing
 
 
-def _sample_positional(denoise_fn, x, sigmas, *, solver, options):
-    return jaxdiff.sample(denoise_fn, x, sigmas, solver=solver, **dict(options))
+def _sample_positional(denoise_fn, x, sigmas, noise=None, *, solver, options):
+    extra = {} if noise is None else {"noise": noise}
+    return jaxdiff.sample(denoise_fn, x, sigmas, solver=solver, **dict(options), **extra)
 
 
 def benchmark_case(kds, name: str, gmm, batch: int, nfe: int, *, torch_model, jax_denoiser,
@@ -292,18 +387,22 @@ def benchmark_case(kds, name: str, gmm, batch: int, nfe: int, *, torch_model, ja
     """Agreement and timings of one (solver, batch) case; returns the JSON record."""
     import torch
 
-    sampler, solver, options = SOLVERS[name]
+    sampler, solver, options, kd_options = solver_spec(name)
     num_steps = num_steps_for_nfe(solver, nfe, **options)
     sigmas = make_sigmas(num_steps)
-    x0 = initial_noise(batch, np.asarray(gmm.means).shape[1], float(sigmas[0]), seed)
+    dim = np.asarray(gmm.means).shape[1]
+    x0 = initial_noise(batch, dim, float(sigmas[0]), seed)
+    noise = step_noise(num_steps, batch, dim, seed) if is_stochastic(name) else None
 
     # jaxdiff, plain call. Inputs already on device; the first call for this
     # (solver, batch) compiles, and its output is the one compared below.
-    x_j, s_j = jax.block_until_ready((jnp.asarray(x0), jnp.asarray(sigmas)))
+    x_j, s_j, n_j = jax.block_until_ready(
+        (jnp.asarray(x0), jnp.asarray(sigmas), None if noise is None else jnp.asarray(noise)))
+    extra = {} if noise is None else {"noise": n_j}
 
     def jax_call():
-        return jaxdiff.sample(jax_denoiser, x_j, s_j, solver=solver,
-                              **options).block_until_ready()
+        return jaxdiff.sample(jax_denoiser, x_j, s_j, solver=solver, **options,
+                              **extra).block_until_ready()
 
     t0 = time.perf_counter()
     x_jax = np.asarray(jax_call())
@@ -311,7 +410,7 @@ def benchmark_case(kds, name: str, gmm, batch: int, nfe: int, *, torch_model, ja
 
     # k-diffusion agreement run, counting denoiser calls.
     counter = CallCounter(torch_model)
-    x_torch = run_kdiffusion(kds, sampler, counter, x0, sigmas)
+    x_torch = run_kdiffusion(kds, sampler, counter, x0, sigmas, noise, kd_options)
     nfe_jax = jaxdiff.nfe(solver, num_steps, **options)
     if counter.calls != nfe_jax:
         raise RuntimeError(f"{name}: k-diffusion made {counter.calls} denoiser calls, "
@@ -323,10 +422,16 @@ def benchmark_case(kds, name: str, gmm, batch: int, nfe: int, *, torch_model, ja
     # above), then torch, jaxdiff and jit-wrapped jaxdiff calls in alternation.
     x_t, s_t = torch.from_numpy(x0.copy()), torch.from_numpy(sigmas.copy())
     sample_fn = getattr(kds, sampler)
+    takes_sampler = "noise_sampler" in inspect.signature(sample_fn).parameters
 
     def torch_call():
-        with torch.inference_mode():
-            sample_fn(torch_model, x_t, s_t, disable=True)
+        kwargs, patch = dict(kd_options), contextlib.nullcontext()
+        if noise is not None and takes_sampler:
+            kwargs["noise_sampler"] = FixedNoise(noise)
+        elif noise is not None:
+            patch = _randn_like_from(FixedNoise(noise))
+        with torch.inference_mode(), patch:
+            sample_fn(torch_model, x_t, s_t, disable=True, **kwargs)
 
     # The same call inside the caller's jax.jit, denoiser passed as an argument (so its
     # parameters stay traced, as in the plain call): sample's Python-side argument
@@ -335,7 +440,7 @@ def benchmark_case(kds, name: str, gmm, batch: int, nfe: int, *, torch_model, ja
                                        options=tuple(sorted(options.items()))))
 
     def jit_call():
-        return jitted(jax_denoiser, x_j, s_j).block_until_ready()
+        return jitted(jax_denoiser, x_j, s_j, n_j).block_until_ready()
 
     torch_call()
     jit_call()
@@ -345,7 +450,8 @@ def benchmark_case(kds, name: str, gmm, batch: int, nfe: int, *, torch_model, ja
 
     return dict(
         solver=name, kdiffusion_sampler=sampler, jaxdiff_solver=solver,
-        jaxdiff_options=options, num_steps=num_steps, nfe=nfe_jax, batch=batch,
+        jaxdiff_options=options, kdiffusion_options=kd_options,
+        stochastic=noise is not None, num_steps=num_steps, nfe=nfe_jax, batch=batch,
         torch_s=torch_s, jax_s=jax_s, ratio=torch_s / jax_s,
         jax_compile_s=max(jax_first - jax_s, 0.0), jax_first_call_s=jax_first,
         jax_jit_s=jax_jit_s, ratio_jit=torch_s / jax_jit_s,
@@ -389,7 +495,11 @@ def markdown(report: dict) -> str:
         "ms). ratio = k-diffusion time / jaxdiff time (> 1: jaxdiff faster). "
         "`jaxdiff (jit)` wraps the same `jaxdiff.sample` call in the caller's `jax.jit` "
         "(denoiser passed as an argument), which skips `sample`'s per-call Python checks. "
-        "k-diffusion, jaxdiff and jit-wrapped jaxdiff calls alternate during timing.",
+        "k-diffusion, jaxdiff and jit-wrapped jaxdiff calls alternate during timing. "
+        "Stochastic samplers (euler_ancestral, dpmpp_2m_sde, heun_churn = Heun with EDM's "
+        f"churn {EDM_CHURN}) consume the same standard normal draws on both sides (one "
+        "slice per step, passed to jaxdiff as `noise=` and to k-diffusion as its noise "
+        "source).",
         "",
         f"Machine: {env['cpu_count']} CPUs ({env['processor']}), {env['platform']}; "
         f"torch {env['torch']} ({env['torch_num_threads']} threads), k-diffusion "

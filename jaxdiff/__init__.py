@@ -4,10 +4,11 @@
     sigmas = jaxdiff.schedules.get("polynomial", num_steps=6)
     x0 = jaxdiff.sample(denoise_fn, sigmas[0] * z, sigmas, solver="ipndm")
 
-The library is the top level (sampling, solvers, schedules, denoisers, geometry, gits,
-amed, guidance, conditioning, detection); ``jaxdiff.models`` holds the Flax networks,
-``jaxdiff.training`` their trainers and ``jaxdiff.experiments`` the jobs behind
-``python -m jaxdiff.<job>``. Run infrastructure (logs, checkpoints, data) is ``jaxinfra``.
+The library is the top level (sampling, solvers, schedules, denoisers, model wrappers,
+geometry, gits, amed, guidance, conditioning, detection, Inception FID/KID, diffusers
+weight import); ``jaxdiff.models`` holds the
+Flax networks, ``jaxdiff.training`` their trainers and ``jaxdiff.experiments`` the jobs
+behind ``python -m jaxdiff.<job>``. Run infrastructure (logs, checkpoints, data) is ``jaxinfra``.
 """
 from jaxdiff import (
                      amed,
@@ -18,12 +19,15 @@ from jaxdiff import (
                      geometry,
                      gits,
                      guidance,
+                     hub,
+                     metrics,
                      schedules,
                      solvers,
+                     wrappers,
 )
-from jaxdiff.sampling import Trajectory, nfe, sample, steps_for_nfe, validate_sigmas
+from jaxdiff.sampling import Trajectory, draw_noise, nfe, sample, steps_for_nfe, validate_sigmas
 
-__all__ = ["sample", "nfe", "steps_for_nfe", "Trajectory", "validate_sigmas", "schedules",
-           "solvers", "gits", "geometry", "amed", "callables", "denoisers", "guidance",
-           "conditioning", "detectors"]
+__all__ = ["sample", "draw_noise", "nfe", "steps_for_nfe", "Trajectory", "validate_sigmas",
+           "schedules", "solvers", "gits", "geometry", "amed", "callables", "denoisers",
+           "guidance", "conditioning", "detectors", "wrappers", "hub", "metrics"]
 __version__ = "0.1.0"

@@ -265,5 +265,9 @@ def sdedit(denoise_fn: Callable, x0, sigma_start: float, key, num_steps: int,
     x0 = _as_x("x0", x0)
     sigmas = schedules.get("polynomial", num_steps, sigma_min=sigma_min,
                            sigma_max=float(sigma_start), rho=rho)
-    x = x0 + jnp.asarray(sigma_start, x0.dtype) * jax.random.normal(key, x0.shape, x0.dtype)
+    start_key, solver_key = jax.random.split(key)
+    x = x0 + jnp.asarray(sigma_start, x0.dtype) * jax.random.normal(start_key, x0.shape,
+                                                                    x0.dtype)
+    if solvers_lib.get(solver, **options).stochastic:      # a stochastic sampler's draws
+        options = dict(options, key=solver_key)
     return sample(denoise_fn, x, jnp.asarray(sigmas, x0.dtype), solver=solver, **options)

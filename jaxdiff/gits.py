@@ -569,8 +569,11 @@ def search(denoise_fn: Callable, x_T, num_steps: int, *, grid_size: int = 61,
     _check_batch_size(batch_size)
     x_T = _check_noise(x_T)
     student_options = dict(student_options or {})
-    solvers_lib.get(teacher, **dict(teacher_options or {}))
-    solvers_lib.get(student, **student_options)
+    for role, name, opts in (("teacher", teacher, dict(teacher_options or {})),
+                             ("student", student, student_options)):
+        if solvers_lib.get(name, **opts).stochastic:
+            raise ValueError(f"GITS searches schedules for ODE solvers; the {role} {name!r} "
+                             f"with options {opts} is stochastic")
     base_kw = _base_kw(base, base_kw)
     grid = schedules.get(base, grid_size, sigma_min, sigma_max, **base_kw)
 

@@ -5,6 +5,11 @@ when AFS replaces its model call, and the last when a solver needs it (UniPC); a
 steps share one scan body. The program is jitted with ``denoise_fn`` and the solver
 options static and the sigmas traced, so a new schedule of the same length never
 recompiles. ``sample`` is pure: it also works inside a user's ``jit``/``vmap``/``grad``.
+
+Stochastic solvers take their randomness explicitly: a PRNG ``key`` (traced: a new key
+never recompiles), from which step i draws ``normal(split(key, N - 1)[i], x.shape)``
+inside the scan (see :func:`draw_noise`), or the whole ``noise`` array (N - 1, B, ...),
+slice i for step i, e.g. to reproduce another implementation's draws.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from jaxdiff import callables
 from jaxdiff import solvers as solvers_lib
 from jaxdiff.solvers.base import ODESolver, afs_evaluator, model_evaluator
 
-__all__ = ["sample", "nfe", "steps_for_nfe", "Trajectory", "validate_sigmas"]
+__all__ = ["sample", "nfe", "steps_for_nfe", "Trajectory", "validate_sigmas", "draw_noise"]
 
 
 class Trajectory(NamedTuple):
@@ -117,10 +122,34 @@ def _segments(num_steps: int, solver: ODESolver, afs: bool):
             for lo, hi in zip(cuts[:-1], cuts[1:])]
 
 
+def draw_noise(key, num_steps: int, shape, dtype=jnp.float32):
+    """The standard normal draws ``sample(..., key=key)`` makes: (num_steps - 1,) + shape.
+
+    Slice i is ``jax.random.normal(jax.random.split(key, num_steps - 1)[i], shape, dtype)``;
+    ``sample`` draws each slice inside its step, so a run never holds all of them at once.
+    ``shape`` is the shape of x (B, ...) and ``num_steps`` the length of the schedule.
+    """
+    keys = jax.random.split(key, int(num_steps) - 1)
+    return jax.vmap(lambda k: jax.random.normal(k, tuple(shape), dtype))(keys)
+
+
 def _run(denoise_fn, x, sigmas, solver: ODESolver, afs: bool, denoise_to_zero: bool,
-         return_trajectory: bool, afs_mean=None):
-    """Traced body of :func:`sample`. Returns (x_final, finite (N-1,), Trajectory | None)."""
+         return_trajectory: bool, afs_mean=None, key=None, noise=None):
+    """Traced body of :func:`sample`. Returns (x_final, finite (N-1,), Trajectory | None).
+
+    A stochastic solver gets step i's draw from ``noise[i]`` or, without ``noise``, from
+    ``split(key, N - 1)[i]`` (drawn inside the step).
+    """
     num_steps = sigmas.shape[0]
+    per_step = None
+    if solver.stochastic:
+        per_step = noise if noise is not None else jax.random.split(key, num_steps - 1)
+
+    def draw(r, like):
+        if not solver.stochastic:
+            return {}
+        return {"noise": r if noise is not None else jax.random.normal(r, like.shape,
+                                                                         like.dtype)}
 
     def model(x_, sigma):
         sigma_b = jnp.broadcast_to(jnp.asarray(sigma, x_.dtype), (x_.shape[0],))
@@ -140,14 +169,15 @@ def _run(denoise_fn, x, sigmas, solver: ODESolver, afs: bool, denoise_to_zero: b
 
         def body(carry, inp, step=step):
             x_cur, st = carry
-            s, s_next, c = inp
-            x_next, st, denoised = step(x_cur, st, s, s_next, c)
+            s, s_next, c, r = inp
+            x_next, st, denoised = step(x_cur, st, s, s_next, c, **draw(r, x_cur))
             out = (jnp.all(jnp.isfinite(x_next)),)
             if return_trajectory:
                 out += (x_next, denoised)
             return (x_next, st), out
 
-        inputs = (sigmas[lo:hi], sigmas[lo + 1:hi + 1], jax.tree.map(lambda a: a[lo:hi], coeffs))
+        inputs = (sigmas[lo:hi], sigmas[lo + 1:hi + 1], jax.tree.map(lambda a: a[lo:hi], coeffs),
+                  None if per_step is None else per_step[lo:hi])
         carry, out = jax.lax.scan(body, carry, inputs)
         outs.append(out)
 
@@ -163,11 +193,11 @@ def _run(denoise_fn, x, sigmas, solver: ODESolver, afs: bool, denoise_to_zero: b
 
 @functools.partial(jax.jit, static_argnames=("fn_def", "solver", "options", "afs",
                                              "denoise_to_zero", "return_trajectory"))
-def _run_jit(x, sigmas, fn_leaves, afs_mean=None, *, fn_def, solver, options, afs,
-             denoise_to_zero, return_trajectory):
+def _run_jit(x, sigmas, fn_leaves, afs_mean=None, key=None, noise=None, *, fn_def, solver,
+             options, afs, denoise_to_zero, return_trajectory):
     denoise_fn = jax.tree.unflatten(fn_def, fn_leaves) if fn_leaves else fn_def
     return _run(denoise_fn, x, sigmas, solvers_lib.get(solver, **dict(options)), afs,
-                denoise_to_zero, return_trajectory, afs_mean)
+                denoise_to_zero, return_trajectory, afs_mean, key, noise)
 
 
 def integrate(denoise_fn: Callable, x, sigmas, *, solver: str, **options):
@@ -177,8 +207,12 @@ def integrate(denoise_fn: Callable, x, sigmas, *, solver: str, **options):
     them): :func:`jaxdiff.conditioning.invert` runs it on increasing sigmas. Every
     solver's coefficients are functions of the (log-)sigma increments, so the same
     updates integrate the ODE upwards with the same convergence order (tested).
+    Stochastic solvers are a ValueError: there is no noise to add along an ODE.
     """
     _check_solver(solver, tuple(sorted(options.items())))
+    if solvers_lib.get(solver, **options).stochastic:
+        raise ValueError(f"integrate runs deterministic ODE solvers; {solver!r} with options "
+                         f"{options} is stochastic")
     fn_def, fn_leaves = callables.split(denoise_fn)
     up = not isinstance(sigmas, jax.core.Tracer) and float(sigmas[0]) < float(sigmas[-1])
     x_final, _, _ = _run_jit(x, cast_sigmas(sigmas, x.dtype, increasing=up), fn_leaves,
@@ -191,8 +225,9 @@ def integrate(denoise_fn: Callable, x, sigmas, *, solver: str, **options):
 def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
            return_trajectory: bool = False, afs: bool = False, afs_mean=None,
            denoise_to_zero: bool = False, check_finite: bool = False, amed=None,
-           feature_fn: Callable | None = None, **options):
-    """Solve the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma along ``sigmas``.
+           feature_fn: Callable | None = None, key=None, noise=None, **options):
+    """Solve the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma along ``sigmas``,
+    or run a stochastic sampler of the matching reverse SDE.
 
     Args:
       denoise_fn: ``denoise_fn(x, sigma) -> D(x; sigma)`` with x (B, ...) and sigma (B,);
@@ -203,11 +238,19 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
       x: (B, ...) initial state, already at noise level ``sigmas[0]`` (e.g. sigma_max * z).
       sigmas: (N,) strictly decreasing positive noise levels; sampling stops at
         ``sigmas[-1]`` (no implicit step to 0). N counts timestamps: N - 1 steps.
-      solver: one of ``jaxdiff.solvers.SOLVERS`` (euler, heun, dpm2, ipndm, ipndm_v, deis,
-        dpmpp, unipc).
-      return_trajectory: also return a :class:`Trajectory`.
+      solver: one of ``jaxdiff.solvers.SOLVERS`` (ODE solvers: euler, heun, dpm2, ipndm,
+        ipndm_v, deis, dpmpp, unipc) or ``jaxdiff.solvers.STOCHASTIC_SOLVERS``
+        (euler_ancestral with ``eta=1.0, s_noise=1.0``; dpmpp_2m_sde with ``eta=1.0,
+        s_noise=1.0, variant="midpoint" | "heun"``). euler and heun take EDM's churn
+        (``s_churn=0.0, s_tmin=0.0, s_tmax=inf, s_noise=1.0``), stochastic when
+        ``s_churn > 0``; eta = 0 makes the other two deterministic. The updates are
+        k-diffusion's (sample_euler_ancestral, sample_dpmpp_2m_sde, sample_euler/heun).
+      return_trajectory: also return a :class:`Trajectory` (churned steps: ``denoised``
+        is D at the churned state and noise level).
       afs: analytical first step: d = x / sqrt(1 + sigma_0^2) replaces the first model call
-        (it takes D(x; sigma_0) ~ 0, right for data centred at 0).
+        (it takes D(x; sigma_0) ~ 0, right for data centred at 0). With a stochastic
+        solver it replaces the first call the same way (made at the churned point and
+        sigma_hat for churned euler/heun); the noise is still added.
       afs_mean: with ``afs``, the data mean m (shape x.shape[1:], or broadcastable to
         it): d = (x - m) / sqrt(1 + sigma_0^2), for data that are not centred (images in
         [-1, 1] with a dark background). A zero mean is plain AFS. Without a data mean
@@ -220,14 +263,22 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
         training settings (AFS, base options, num_steps) apply; a mismatch is an error.
       feature_fn: with ``amed``, ``feature_fn(x, sigma (B,)) -> (B, F)`` bottleneck
         features for the predictor (None: zeros).
+      key: for a stochastic solver, a PRNG key (``jax.random.key(0)``; a legacy uint32
+        key works too): step i uses ``normal(split(key, N - 1)[i], x.shape)``, i.e.
+        ``draw_noise(key, N, x.shape, x.dtype)[i]``. Traced: a new key never recompiles,
+        and the draws do not depend on how x is sharded.
+      noise: instead of ``key``, the standard normal draws themselves, (N - 1,) + x.shape
+        (cast to x's dtype); step i uses ``noise[i]``.
       **options: solver options, e.g. ``max_order=3``, ``r=0.5``, ``variant="bh1"``.
 
     Returns:
       x_final (B, ...), or ``(x_final, Trajectory)`` with ``return_trajectory=True``.
 
     Raises:
-      ValueError: bad sigmas, unknown solver or option, out-of-range order, or a
-        denoiser whose output shape differs from x; all before any tracing.
+      ValueError: bad sigmas, unknown solver or option, out-of-range order, a
+        denoiser whose output shape differs from x, a stochastic solver without key or
+        noise (or with both), a deterministic one with either, a noise array of the
+        wrong shape; all before any tracing.
     """
     validate_sigmas(sigmas)
     if afs_mean is not None and not afs:
@@ -237,6 +288,8 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
         if afs_mean is not None:
             raise ValueError("with amed, AFS and its mean come from the predictor "
                              "(jaxdiff.training.amed.train(..., afs_mean=...))")
+        if key is not None or noise is not None:
+            raise ValueError("amed runs deterministic solvers: it takes no key or noise")
         return _sample_amed(denoise_fn, x, sigmas, solver, amed, feature_fn, return_trajectory,
                             options)
     options_key = tuple(sorted(options.items()))
@@ -247,16 +300,54 @@ def sample(denoise_fn: Callable, x, sigmas, *, solver: str = "ipndm",
                          f"{x.shape}")
     fn_def, fn_leaves = callables.split(denoise_fn)
     _check_denoiser_shape(denoise_fn, x, fn_def, fn_leaves)
+    if hasattr(denoise_fn, "check_sigmas") and not isinstance(sigmas, jax.core.Tracer):
+        denoise_fn.check_sigmas(sigmas)          # a wrapped model's own sigma range
+    solver_obj = solvers_lib.get(solver, **dict(options_key))
+    key, noise = _check_randomness(solver_obj, solver, options, key, noise, x,
+                                   int(jnp.shape(sigmas)[0]))
     sigmas = cast_sigmas(sigmas, x.dtype)
-    _check_coefficients_fit(solvers_lib.get(solver, **dict(options_key)), sigmas, solver)
+    _check_coefficients_fit(solver_obj, sigmas, solver)
     x_final, finite, traj = _run_jit(
-        x, sigmas, fn_leaves, _check_afs_mean(afs_mean, x), fn_def=fn_def, solver=solver,
-        options=options_key,
+        x, sigmas, fn_leaves, _check_afs_mean(afs_mean, x), key, noise, fn_def=fn_def,
+        solver=solver, options=options_key,
         afs=bool(afs), denoise_to_zero=bool(denoise_to_zero),
         return_trajectory=bool(return_trajectory))
     if check_finite:
         _raise_if_not_finite(finite, sigmas, solver)
     return (x_final, traj) if return_trajectory else x_final
+
+
+def _check_randomness(solver_obj: ODESolver, solver: str, options: dict, key, noise, x,
+                      num_steps: int):
+    """(key, noise) for the run: ValueError unless a stochastic solver has exactly one of
+    them (noise of shape (num_steps - 1,) + x.shape) and a deterministic one neither."""
+    described = f"{solver!r}" + (f" with {options}" if options else "")
+    if not solver_obj.stochastic:
+        if key is not None or noise is not None:
+            raise ValueError(f"solver {described} is deterministic: it takes no key or noise "
+                             "(stochastic: euler_ancestral, dpmpp_2m_sde, euler/heun with "
+                             "s_churn > 0)")
+        return None, None
+    if (key is None) == (noise is None):
+        got = ("both" if key is not None else "neither (callers that take no key, such as "
+               "GITS and AMED training, run deterministic solvers only)")
+        raise ValueError(f"solver {described} is stochastic: pass exactly one of key= "
+                         "(e.g. jax.random.key(0)) or noise= (standard normal draws of shape "
+                         f"{(num_steps - 1,) + tuple(x.shape)}); got {got}")
+    if noise is not None:
+        noise = jnp.asarray(noise)
+        want = (num_steps - 1,) + tuple(x.shape)
+        if noise.shape != want or not jnp.issubdtype(noise.dtype, jnp.floating):
+            raise ValueError(f"noise must be a floating array of shape (len(sigmas) - 1,) + "
+                             f"x.shape = {want}, got {noise.dtype} {noise.shape}")
+        return None, noise.astype(x.dtype)
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if not (typed and key.shape == ()) and not (
+            not typed and key.dtype == jnp.uint32 and key.shape == (2,)):
+        raise ValueError(f"key must be one PRNG key (jax.random.key(seed), or a legacy "
+                         f"uint32 key of shape (2,)), got {key.dtype} {key.shape}")
+    return key, None
 
 
 def _check_afs_mean(afs_mean, x):

@@ -13,9 +13,10 @@ import it and never each other.
     jaxinfra.workdir      one run per workdir (a lock file)
     jaxinfra.mesh         1-D device meshes and their NamedShardings
     jaxinfra.datasets     offline image data (digits, Fashion-MNIST IDX files, tfds)
+    jaxinfra.digests      SHA-256 of files
 
 Submodules are imported on use (``from jaxinfra import checkpoints``), so importing the
 package itself loads nothing heavy.
 """
 __all__ = ["metrics", "images", "checkpoints", "cli", "config_args", "config_checks", "finite",
-           "workdir", "mesh", "datasets"]
+           "workdir", "mesh", "datasets", "digests"]

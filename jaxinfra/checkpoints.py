@@ -26,7 +26,6 @@ What it guarantees (tests/jaxinfra/test_checkpoints.py injects each fault):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ import shutil
 import jax
 import numpy as np
 
+from jaxinfra.digests import file_sha256
 from jaxinfra.finite import NonFiniteError
 
 __all__ = ["manager", "save", "read_meta", "read", "resume", "open_latest", "verify",
@@ -91,11 +91,7 @@ def _file_digests(directory: str) -> dict:
             rel = os.path.relpath(path, directory)
             if rel == INTEGRITY_FILE:
                 continue
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            digests[rel] = h.hexdigest()
+            digests[rel] = file_sha256(path)
     return digests
 
 

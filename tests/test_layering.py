@@ -18,7 +18,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("jaxinfra", "jaxdiff", "jaxkd", "jaxgraph")
 DOMAINS = ("jaxdiff", "jaxkd", "jaxgraph")
 JAXDIFF_LAUNCHERS = {f"jaxdiff.{n}" for n in ("train", "fid", "bench", "compare", "analyze",
-                                               "guide", "detect", "amed_train")}
+                                               "guide", "detect", "amed_train",
+                                               "inception_weights")}
 
 
 def _modules():

@@ -18,6 +18,8 @@ CONFIG_PATHS = sorted(set(re.findall(r"--config=(configs/[\w/]+\.py)", TEXT)))
 
 @pytest.mark.parametrize("name", ["jaxdiff.sample", "jaxdiff.nfe", "jaxdiff.steps_for_nfe",
                                   "jaxdiff.schedules.get", "jaxdiff.denoisers",
+                                  "jaxdiff.schedules.align_your_steps",
+                                  "jaxdiff.wrappers.vp_eps", "jaxdiff.wrappers.flow",
                                   "jaxdiff.gits.search", "jaxdiff.gits.dp_schedule",
                                   "jaxdiff.amed.init", "jaxdiff.solvers.SOLVERS",
                                   "jaxkd.models", "jaxkd.methods", "jaxgraph.kge_models",

@@ -1,6 +1,10 @@
-"""Probability-flow ODE solvers in the EDM (sigma-as-time) convention.
+"""Probability-flow ODE solvers and stochastic samplers in the EDM (sigma-as-time) convention.
 
-``get(name, **options)`` builds an :class:`ODESolver`; ``SOLVERS`` lists the names.
+``get(name, **options)`` builds an :class:`ODESolver`. ``SOLVERS`` lists the ODE solvers
+(deterministic; euler and heun become stochastic with EDM's ``s_churn > 0``),
+``STOCHASTIC_SOLVERS`` the reverse-SDE samplers that add fresh noise every step (with
+``eta > 0``, their default). Stochastic solvers need a ``key`` or ``noise`` in
+:func:`jaxdiff.sample`; callers that take neither reject them.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from jaxdiff.solvers.deis import deis
 from jaxdiff.solvers.dpmpp import dpmpp
 from jaxdiff.solvers.multistep import ipndm, ipndm_v
 from jaxdiff.solvers.single_step import dpm2, euler, heun
+from jaxdiff.solvers.stochastic import dpmpp_2m_sde, euler_ancestral
 from jaxdiff.solvers.unipc import unipc
 
 SOLVERS = {
@@ -23,6 +28,10 @@ SOLVERS = {
     "dpmpp": dpmpp,
     "unipc": unipc,
 }
+STOCHASTIC_SOLVERS = {
+    "euler_ancestral": euler_ancestral,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+}
 # Reference-code spellings.
 ALIASES = {"ddim": "euler", "dpm": "dpm2", "dpm_2": "dpm2", "dpm_pp": "dpmpp"}
 
@@ -30,9 +39,10 @@ ALIASES = {"ddim": "euler", "dpm": "dpm2", "dpm_2": "dpm2", "dpm_pp": "dpmpp"}
 def get(name: str, **options) -> ODESolver:
     """Solver by name; unknown names or options raise ValueError listing valid ones."""
     key = ALIASES.get(name, name)
-    if key not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r}; valid: {sorted(SOLVERS)}")
-    factory = SOLVERS[key]
+    factory = SOLVERS.get(key, STOCHASTIC_SOLVERS.get(key))
+    if factory is None:
+        raise ValueError(f"unknown solver {name!r}; valid: "
+                         f"{sorted(SOLVERS) + sorted(STOCHASTIC_SOLVERS)}")
     params = inspect.signature(factory).parameters
     unknown = sorted(set(options) - set(params))
     if unknown:
@@ -41,5 +51,5 @@ def get(name: str, **options) -> ODESolver:
     return factory(**options)
 
 
-__all__ = ["ODESolver", "SOLVERS", "get", "euler", "heun", "dpm2", "ipndm", "ipndm_v", "deis",
-           "dpmpp", "unipc"]
+__all__ = ["ODESolver", "SOLVERS", "STOCHASTIC_SOLVERS", "get", "euler", "heun", "dpm2",
+           "ipndm", "ipndm_v", "deis", "dpmpp", "unipc", "euler_ancestral", "dpmpp_2m_sde"]

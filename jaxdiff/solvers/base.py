@@ -1,9 +1,11 @@
-"""The solver protocol shared by every probability-flow ODE solver.
+"""The solver protocol shared by every probability-flow ODE solver and stochastic sampler.
 
 A solver is a NamedTuple of pure functions (optax/blackjax style). The driver
 (:func:`jaxdiff.sample`) owns the loop: one ``lax.scan`` over the steps, with the
 first step split off statically when AFS replaces its model call and the last step
 split off when a solver treats it differently (UniPC has no corrector there).
+A stochastic solver (``stochastic=True``) also gets each step's standard normal draw:
+the driver passes slice i of the run's noise to step i as ``step(..., noise=z_i)``.
 
 Shapes: ``x`` is ``(B, ...)``; sigmas are scalars inside a step; ``hist`` is a
 fixed-size buffer ``(H, B, ...)``, newest entry first.
@@ -40,6 +42,8 @@ class ODESolver(NamedTuple):
             the one in step 0.
         split_last: the last step is traced separately with ``is_last=True``.
         nfe: ``nfe(num_steps) -> int``, model calls of a run without AFS.
+        stochastic: ``step`` takes a keyword ``noise``, a standard normal (B, ...) draw
+            for this step (each step gets a fresh one); deterministic solvers get none.
     """
     name: str
     history: int
@@ -49,6 +53,7 @@ class ODESolver(NamedTuple):
     afs_in_init: bool = False
     split_last: bool = False
     nfe: Callable[[int], int] = lambda num_steps: num_steps - 1
+    stochastic: bool = False
 
 
 def model_evaluator(model: Model) -> Evaluator:
@@ -110,6 +115,13 @@ def dynamic_thresholding(denoised, quantile: float = 0.995):
     s = jnp.maximum(jnp.quantile(flat, quantile, axis=1), 1.0)
     s = s.reshape((-1,) + (1,) * (denoised.ndim - 1)).astype(denoised.dtype)
     return jnp.clip(denoised, -s, s) / s
+
+
+def require_noise(name: str, noise) -> None:
+    """ValueError at trace time when a stochastic step is called without its noise."""
+    if noise is None:
+        raise ValueError(f"{name} is stochastic: its step needs noise=, a standard normal "
+                         "draw; this caller runs deterministic solvers only")
 
 
 def check_order(name: str, max_order, low: int, high: int) -> int:

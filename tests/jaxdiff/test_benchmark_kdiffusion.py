@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("torch")
 
 from benchmarks import kdiffusion_vs_jaxdiff as bench  # noqa: E402
+from jaxdiff import denoisers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,36 @@ def test_kdiffusion_and_jaxdiff_agree(kds, gmm, name):
     assert np.all(np.isfinite(res["x_jax"]))
     assert res["max_abs_diff"] < 1e-3, res["max_abs_diff"]
     assert res["rel_l2_diff"] < 1e-3, res["rel_l2_diff"]
+    if not bench.is_stochastic(name):
+        assert res["noise"] is None
+        return
+    # Both sides consumed the same draws: other draws move the sample far more than the
+    # float32 disagreement.
+    assert res["noise"].shape == (res["num_steps"] - 1, 4, 64)
+    _, solver, options, _ = bench.solver_spec(name)
+    other = bench.run_jaxdiff(denoisers.gaussian_mixture(*gmm), solver, options, res["x0"],
+                              res["sigmas"], np.flip(res["noise"], axis=0))
+    assert bench.agreement(other, res["x_torch"])[0] > 100 * res["max_abs_diff"]
+
+
+def test_stochastic_rows_are_the_three_kdiffusion_samplers():
+    stochastic = {n: bench.solver_spec(n)[0] for n in bench.SOLVERS if bench.is_stochastic(n)}
+    assert stochastic == {"euler_ancestral": "sample_euler_ancestral",
+                          "dpmpp_2m_sde": "sample_dpmpp_2m_sde", "heun_churn": "sample_heun"}
+
+
+def test_kdiffusion_must_take_one_draw_per_step(kds, gmm):
+    """A run that does not take one draw per step is an error, not a silent partial
+    comparison (k-diffusion's dpmpp_2m_sde with eta=0 takes none)."""
+    x0 = np.zeros((2, 64), np.float32)
+    sigmas = bench.make_sigmas(4)
+    model = bench.TorchGMMDenoiser(gmm)
+    with pytest.raises(RuntimeError, match="took 0 noise draws in 3 steps"):
+        bench.run_kdiffusion(kds, "sample_dpmpp_2m_sde", model, x0, sigmas,
+                             np.zeros((3, 2, 64), np.float32), {"eta": 0.0})
+    with pytest.raises(ValueError, match="noise has 4 slices for 3 steps"):
+        bench.run_kdiffusion(kds, "sample_euler_ancestral", model, x0, sigmas,
+                             np.zeros((4, 2, 64), np.float32))
 
 
 def test_torch_denoiser_matches_library_denoiser(gmm):
@@ -59,6 +90,8 @@ def test_quick_cli_writes_json_and_markdown(kds, tmp_path):
     report = json.loads(out.read_text())
     rows = report["results"]
     assert [r["solver"] for r in rows] == list(bench.SOLVERS)
+    assert [r["solver"] for r in rows if r["stochastic"]] == [
+        "euler_ancestral", "dpmpp_2m_sde", "heun_churn"]
     for r in rows:
         assert r["batch"] == 2 and r["nfe"] == 4
         assert r["torch_s"] > 0 and r["jax_s"] > 0
@@ -68,4 +101,5 @@ def test_quick_cli_writes_json_and_markdown(kds, tmp_path):
     assert all(v["max_abs_diff"] < 1e-9 for v in report["float64_agreement"].values())
     assert report["environment"]["torch"] and report["environment"]["cpu_count"]
     md = out.with_suffix(".md").read_text()
-    assert "| solver | NFE | batch |" in md and md.count("\n| ") >= 5
+    assert "| solver | NFE | batch |" in md and md.count("\n| ") == 1 + len(bench.SOLVERS)
+    assert "| dpmpp_2m_sde | 4 | 2 |" in md and "same standard normal draws" in md

@@ -8,6 +8,18 @@ from jaxdiff.experiments import fid as fid_experiment
 from jaxinfra import datasets as data
 
 
+def test_frechet_distance_of_rank_deficient_covariances():
+    """Fewer samples than features (a reduced FID run): the covariances are singular, sqrtm's
+    off-diagonal imaginary parts are large, the trace is still exact: it equals the sum of
+    square roots of the (real, >= 0) eigenvalues of sigma1 @ sigma2."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(8, 64)), rng.normal(size=(8, 64)) + 0.5
+    mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root_trace = np.sum(np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)))
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * root_trace
+    np.testing.assert_allclose(fid.frechet_distance(mu1, s1, mu2, s2), expected, rtol=1e-6)
+
+
 def test_frechet_distance_diagonal_closed_form():
     rng = np.random.default_rng(0)
     mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
