@@ -3,6 +3,7 @@ Online Adversarial Distillation.
 
     from jaxgraph import kg_data, kge_models, ranking     # link prediction
     from jaxgraph.kge import step, trainer, evaluation    # KGE training (jaxgraph.kge)
+    from jaxgraph.kge import sharded                      # entity tables over devices
     from jaxgraph import planetoid, gnn, oad              # node classification
 
 Entry points: ``python -m jaxgraph.kge``, ``python -m jaxgraph.train`` (one GNN) and

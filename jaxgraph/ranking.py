@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["FilterIndex", "filter_pairs", "batch_ranks", "filtered_ranks", "rank_metrics",
-           "evaluate", "brute_force_ranks"]
+__all__ = ["FilterIndex", "filter_pairs", "score_all", "batch_ranks", "filtered_ranks",
+           "rank_metrics", "evaluate", "brute_force_ranks"]
 
 
 class FilterIndex(NamedTuple):
@@ -95,6 +95,22 @@ def filter_pairs(index: FilterIndex, queries, side: str):
     return rows[keep], cols[keep]
 
 
+def score_all(backbone, q, table, chunk: int = 4096):
+    """Scores of queries ``q`` (B, d) against every row of ``table`` (C, d) -> (B, C).
+
+    Bilinear backbones (and tables of at most ``chunk`` rows) use one ``match_all``; the
+    distance models score ``chunk`` rows per ``lax.map`` step (memory B * chunk * d).
+    """
+    num_rows = table.shape[0]
+    if backbone.bilinear or num_rows <= chunk:
+        return backbone.match_all(q, table)
+    n_chunks = -(-num_rows // chunk)
+    padded = jnp.pad(table, ((0, n_chunks * chunk - num_rows), (0, 0)))
+    blocks = jax.lax.map(lambda c: backbone.match_all(q, c),
+                         padded.reshape(n_chunks, chunk, -1))     # (n, B, chunk)
+    return jnp.moveaxis(blocks, 0, 1).reshape(q.shape[0], -1)[:, :num_rows]
+
+
 @functools.partial(jax.jit, static_argnames=("backbone", "side", "chunk"))
 def batch_ranks(params, queries, mask_rows, mask_cols, *, backbone, side: str,
                 chunk: int = 4096):
@@ -112,21 +128,12 @@ def batch_ranks(params, queries, mask_rows, mask_cols, *, backbone, side: str,
     Returns:
       (B, 3) float32 (optimistic, pessimistic, realistic) ranks, 1-based.
     """
-    table = params["entity"]
-    num_ent = table.shape[0]
     h, r, t = queries[:, 0], queries[:, 1], queries[:, 2]
     if side == "tail":
         q, target = backbone.tail_query(params, h, r), t
     else:
         q, target = backbone.head_query(params, r, t), h
-    if backbone.bilinear or num_ent <= chunk:
-        scores = backbone.match_all(q, table)
-    else:
-        n_chunks = -(-num_ent // chunk)
-        padded = jnp.pad(table, ((0, n_chunks * chunk - num_ent), (0, 0)))
-        blocks = jax.lax.map(lambda c: backbone.match_all(q, c),
-                             padded.reshape(n_chunks, chunk, -1))     # (n, B, chunk)
-        scores = jnp.moveaxis(blocks, 0, 1).reshape(q.shape[0], -1)[:, :num_ent]
+    scores = score_all(backbone, q, params["entity"], chunk)
     s_true = jnp.take_along_axis(scores, target[:, None], axis=1)
     scores = scores.at[mask_rows, mask_cols].set(-jnp.inf, mode="drop")
     gt = jnp.sum(scores > s_true, axis=1)
@@ -137,7 +144,7 @@ def batch_ranks(params, queries, mask_rows, mask_cols, *, backbone, side: str,
 
 
 def filtered_ranks(backbone, params, queries, filter_triples, num_relations: int, side: str,
-                   *, batch_size: int = 256, chunk: int = 4096, index=None):
+                   *, batch_size: int = 256, chunk: int = 4096, index=None, rank_batch=None):
     """Filtered (optimistic, pessimistic, realistic) ranks of ``queries`` on one side.
 
     Args:
@@ -149,6 +156,9 @@ def filtered_ranks(backbone, params, queries, filter_triples, num_relations: int
       batch_size: queries per jitted call; the last batch is padded.
       chunk: see :func:`batch_ranks`.
       index: a prebuilt :class:`FilterIndex` (overrides ``filter_triples``).
+      rank_batch: ``rank_batch(params, queries, mask_rows, mask_cols, side=side)`` ->
+        (B, 3) ranks of one padded batch (None: :func:`batch_ranks`; the entity-sharded
+        ranking of :mod:`jaxgraph.kge.sharded` plugs in here).
 
     Returns:
       (N, 3) float64 numpy array of ranks.
@@ -159,6 +169,8 @@ def filtered_ranks(backbone, params, queries, filter_triples, num_relations: int
     if index is None:
         ft = np.zeros((0, 3), np.int32) if filter_triples is None else filter_triples
         index = FilterIndex.build(ft, num_relations, side)
+    if rank_batch is None:
+        rank_batch = functools.partial(batch_ranks, backbone=backbone, chunk=chunk)
     rows, cols = filter_pairs(index, queries, side)
     n_batches = -(-n // batch_size)
     bounds = np.searchsorted(rows, np.arange(n_batches + 1) * batch_size)
@@ -174,7 +186,7 @@ def filtered_ranks(backbone, params, queries, filter_triples, num_relations: int
         a, b = bounds[i], bounds[i + 1]
         mr[:b - a] = rows[a:b] - lo
         mc[:b - a] = cols[a:b]
-        ranks = batch_ranks(params, qb, mr, mc, backbone=backbone, side=side, chunk=chunk)
+        ranks = rank_batch(params, qb, mr, mc, side=side)
         out[lo:hi] = np.asarray(ranks)[:hi - lo]
     return out
 
@@ -187,11 +199,13 @@ def rank_metrics(ranks, prefix: str = "") -> dict:
 
 
 def evaluate(backbone, params, triples, filter_triples, num_relations: int, *,
-             batch_size: int = 256, chunk: int = 4096, indices=None) -> dict:
+             batch_size: int = 256, chunk: int = 4096, indices=None,
+             rank_batch=None) -> dict:
     """Filtered metrics of ``triples`` over both sides (realistic ranks).
 
     Args:
       indices: optional {"head": FilterIndex, "tail": FilterIndex} to reuse.
+      rank_batch: see :func:`filtered_ranks`.
 
     Returns:
       dict with mrr, mr, hits@1, hits@3, hits@10 (both sides), the same per side with
@@ -203,7 +217,8 @@ def evaluate(backbone, params, triples, filter_triples, num_relations: int, *,
     for side in ("head", "tail"):
         idx = None if indices is None else indices[side]
         parts[side] = filtered_ranks(backbone, params, triples, filter_triples, num_relations,
-                                     side, batch_size=batch_size, chunk=chunk, index=idx)
+                                     side, batch_size=batch_size, chunk=chunk, index=idx,
+                                     rank_batch=rank_batch)
     both = np.concatenate([parts["head"], parts["tail"]])
     out = rank_metrics(both[:, 2])
     for side in ("head", "tail"):

@@ -88,6 +88,11 @@ def get_config(arg=None):
     c.eval.chunk = 2048
     c.eval.test = True
 
+    # Past one device (jaxgraph.kge.sharded): the entity table, its Adam moments and the
+    # ranking split over `model` devices by entity rows; batches over `data` devices.
+    # (1, 1): unsharded. E.g. --config.mesh.model=4 on 4 devices.
+    c.mesh = ml_collections.ConfigDict({"model": 1, "data": 1})
+
     c.checkpoint_every = 1
     c.keep_checkpoints = 2
     c.extend = False                 # True: continue a finished run to more epochs

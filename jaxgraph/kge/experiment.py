@@ -8,6 +8,12 @@ data, builds the step settings and the optimizer, resumes from ``workdir``, trai
 epochs (filter train + valid) and the final validation and test (filter train + valid +
 test), realistic filtered ranks, both sides.
 
+Past one device: ``config.mesh.model = M`` splits the entity table, its gradient and Adam
+moments, negative and 1-vs-all scoring and the filtered ranking over M devices by entity
+rows (:mod:`jaxgraph.kge.sharded`); ``config.mesh.data = D`` splits each batch of triples
+over D. The default (1, 1) is the unsharded path. A sharded run's checkpoints hold the
+padded tables and resume only with the same mesh (``mesh`` is then a setting).
+
 Resuming (:mod:`jaxinfra.checkpoints`): the newest good checkpoint of ``workdir`` is used
 (a corrupt one is moved to ``checkpoints/corrupt/<epoch>`` with a warning). It must have
 been written with the same settings (:func:`run_settings`: every config field that changes
@@ -28,13 +34,14 @@ import optax
 
 from jaxgraph import csd as csd_lib
 from jaxgraph import kg_data, kge_models
-from jaxgraph.kge import evaluation, trainer
+from jaxgraph.kge import evaluation, sharded, trainer
 from jaxgraph.kge import step as kge_step
 from jaxinfra import checkpoints, config_checks
 from jaxinfra.metrics import MetricsLog
 
 __all__ = ["OPTIMIZERS", "make_optimizer", "csd_config", "step_config", "check_config",
-           "load_data", "run_settings", "train_and_evaluate", "main"]
+           "mesh_sizes", "make_mesh", "load_data", "run_settings", "train_and_evaluate",
+           "main"]
 
 OPTIMIZERS = ("adam", "adagrad")
 # Config fields that never change a trained model (besides jaxinfra's run-only fields:
@@ -118,6 +125,42 @@ def check_config(config) -> None:
         config_checks.one_of(config, "vocabulary", kg_data.VOCABULARIES)
         if "unseen" in config:
             config_checks.one_of(config, "unseen", kg_data.UNSEEN)
+    model, data = mesh_sizes(config)
+    if (model, data) == (1, 1):
+        return
+    if model * data > jax.device_count():
+        raise ValueError(f"config.mesh data={data} x model={model} needs {model * data} "
+                         f"devices; accepted: at most {jax.device_count()} (the devices "
+                         "present)")
+    if config.csd.enabled:
+        raise ValueError(f"config.csd.enabled=True with config.mesh.model={model}, "
+                         f"data={data}: CSD is not supported on sharded tables; accepted: "
+                         "csd off, or mesh model=1 and data=1")
+    for name in ("train.batch_size", "eval.batch_size"):
+        if config_checks.get(config, name) % data:
+            raise ValueError(f"config.{name}={config_checks.get(config, name)} does not "
+                             f"split over config.mesh.data={data}; accepted: a multiple "
+                             f"of {data}")
+
+
+def mesh_sizes(config) -> tuple:
+    """``(model, data)`` of ``config.mesh`` ((1, 1) when the config has no ``mesh``).
+
+    Raises:
+      ValueError: a size that is not an integer >= 1.
+    """
+    if config.get("mesh") is None:
+        return 1, 1
+    return (config_checks.int_at_least(config, "mesh.model", 1,
+                                       what="devices the entity table is split over"),
+            config_checks.int_at_least(config, "mesh.data", 1,
+                                       what="devices a batch of triples is split over"))
+
+
+def make_mesh(config):
+    """The (``data``, ``model``) mesh of ``config.mesh``; None for (1, 1) (unsharded)."""
+    model, data = mesh_sizes(config)
+    return None if (model, data) == (1, 1) else sharded.make_mesh(model, data)
 
 
 def load_data(config) -> kg_data.KGData:
@@ -144,6 +187,8 @@ def run_settings(config) -> dict:
     """The config fields that change a run's results (compared when resuming)."""
     unused = (("vocabulary", "unseen") if config.dataset == "synthetic"
               else ("synthetic",))
+    if mesh_sizes(config) == (1, 1):     # unsharded: as before meshes existed
+        unused += ("mesh",)
     return checkpoints.settings(config, ignore=_NOT_RESULTS + unused)
 
 
@@ -186,10 +231,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None
     key = jax.random.PRNGKey(int(config.seed))
     ec = config.eval
 
+    mesh = make_mesh(config)
+
     def evaluate(params, split, filter_splits, max_queries=0):
         return evaluation.evaluate_split(cfg.backbone, params, data, split, filter_splits,
                                          batch_size=ec.batch_size, chunk=ec.chunk,
-                                         max_queries=max_queries)
+                                         max_queries=max_queries, mesh=mesh)
 
     def validate(params):
         return evaluate(params, "valid", ("train", "valid"), int(ec.valid_max_queries))
@@ -198,8 +245,11 @@ def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None
     mngr = checkpoints.manager(workdir, save_every=int(config.checkpoint_every),
                                keep=int(config.keep_checkpoints))
     meta = _meta(config, data)
-    state = kge_step.init_state(cfg, data.num_relations, tx, jax.random.fold_in(key, 1),
-                                float(config.model.init_range))
+    init_key, init_range = jax.random.fold_in(key, 1), float(config.model.init_range)
+    if mesh is None:
+        state = kge_step.init_state(cfg, data.num_relations, tx, init_key, init_range)
+    else:
+        state = sharded.init_state(cfg, data.num_relations, tx, init_key, mesh, init_range)
     state, start = checkpoints.resume(mngr, state, meta, what="KGE", workdir=workdir,
                                       key=_resume_key, extend_keys=("train.epochs",),
                                       extend=bool(config.get("extend", False)))
@@ -212,13 +262,15 @@ def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None
     end = epochs if stop_at_epoch is None else min(epochs, int(stop_at_epoch))
     result = {"dataset": data.name, "model": cfg.backbone.name, "dim": cfg.backbone.dim,
               "csd": cfg.csd.enabled, "seed": int(config.seed), "epochs": epochs}
+    if mesh is not None:
+        result["mesh"] = {"model": mesh.shape[sharded.MODEL], "data": mesh.shape[sharded.DATA]}
     with MetricsLog(workdir, start_step=start) as log:
         try:
             state, result["train_seconds"] = trainer.train_epochs(
                 state, cfg, tx, data.train, weights, key=jax.random.fold_in(key, 2),
                 seed=int(config.seed), batch_size=bs, start=start, end=end, epochs=epochs,
                 mngr=mngr, meta=meta, log=log, validate=validate,
-                eval_every=int(ec.every), progress=bool(config.progress))
+                eval_every=int(ec.every), progress=bool(config.progress), mesh=mesh)
         finally:
             mngr.close()
         if end == epochs and ec.test:

@@ -33,7 +33,8 @@ from jaxgraph import csd as csd_lib
 from jaxgraph import kge_models
 
 __all__ = ["LOSSES", "StepConfig", "KGEState", "subsampling_weights", "loss_fn",
-           "train_epoch", "refresh_teacher", "init_state", "kd_weight", "refresh_due"]
+           "self_adversarial_terms", "reg_norms", "train_epoch", "refresh_teacher",
+           "init_state", "kd_weight", "refresh_due", "tree_norm"]
 
 LOSSES = ("self_adversarial", "1vsall")
 
@@ -85,6 +86,28 @@ def subsampling_weights(train, num_relations: int):
     return (1.0 / np.sqrt(count)).astype(np.float32)
 
 
+def self_adversarial_terms(scores, temperature: float):
+    """RotatE's self-adversarial negative-sampling loss per example.
+
+    Args:
+      scores: (B, 1 + n) scores, column 0 = the positive.
+      temperature: alpha of the (stop-gradient) softmax weights of the negatives.
+
+    Returns:
+      (pos_term, neg_term), each (B,): -log sigmoid(s+) and
+      -sum_j softmax(alpha s-)_j log sigmoid(-s-_j).
+    """
+    pos, negs = scores[:, 0], scores[:, 1:]
+    p_adv = jax.lax.stop_gradient(jax.nn.softmax(temperature * negs, axis=1))
+    return -jax.nn.log_sigmoid(pos), -jnp.sum(p_adv * jax.nn.log_sigmoid(-negs), axis=1)
+
+
+def reg_norms(emb, reg_type: str):
+    """(...,) sum_k |emb_k|^p of (..., d) rows: p = 3 (``n3``) or 2 (``l2``)."""
+    power = 3 if reg_type == "n3" else 2
+    return jnp.sum(jnp.abs(emb) ** power, -1)
+
+
 def _semantic_features(teacher, h, r, t, score):
     return jnp.concatenate([teacher["entity"][h], teacher["relation"][r],
                             teacher["entity"][t], score[:, None]], axis=-1)
@@ -132,10 +155,7 @@ def loss_fn(params, teacher, batch, weights, key, kd_weight, cfg: StepConfig):
             cands = jnp.concatenate([target[:, None], neg], axis=1)      # (B, 1 + n)
             scores_of = lambda p: b.match(query(p), p["entity"][cands])
         s = scores_of(kp)
-        pos, negs = s[:, 0], s[:, 1:]
-        p_adv = jax.lax.stop_gradient(jax.nn.softmax(cfg.adv_temperature * negs, axis=1))
-        neg_term = -jnp.sum(p_adv * jax.nn.log_sigmoid(-negs), axis=1)
-        pos_term = -jax.nn.log_sigmoid(pos)
+        pos_term, neg_term = self_adversarial_terms(s, cfg.adv_temperature)
         base = 0.5 * (jnp.sum(w * pos_term) + jnp.sum(w * neg_term))
     elif cfg.loss == "1vsall":
         neg = None
@@ -148,8 +168,7 @@ def loss_fn(params, teacher, batch, weights, key, kd_weight, cfg: StepConfig):
     aux["base_loss"] = base
     if cfg.regularization > 0:
         embs = [kp["entity"][h], kp["relation"][r], kp["entity"][t]]
-        power = 3 if cfg.reg_type == "n3" else 2
-        reg = sum(jnp.mean(jnp.sum(jnp.abs(e) ** power, -1)) for e in embs)
+        reg = sum(jnp.mean(reg_norms(e, cfg.reg_type)) for e in embs)
         loss = loss + cfg.regularization * reg
         aux["reg"] = reg
     c = cfg.csd
@@ -220,8 +239,8 @@ def train_epoch(state: KGEState, batches, weights, key, kd_weight, *, cfg: StepC
         if cfg.csd.enabled and cfg.csd.ema > 0:
             e = cfg.csd.ema
             teacher = jax.tree.map(lambda a, p: e * a + (1 - e) * p, teacher, params["kge"])
-        aux["l2_grads"] = _norm(grads)
-        aux["l2_params"] = _norm(params)
+        aux["l2_grads"] = tree_norm(grads)
+        aux["l2_params"] = tree_norm(params)
         return st.replace(step=st.step + 1, params=params, teacher=teacher,
                           opt_state=opt_state), aux
 
@@ -229,7 +248,8 @@ def train_epoch(state: KGEState, batches, weights, key, kd_weight, *, cfg: StepC
     return state.replace(epoch=state.epoch + 1), metrics
 
 
-def _norm(tree):
+def tree_norm(tree):
+    """() global L2 norm of a pytree's leaves."""
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 

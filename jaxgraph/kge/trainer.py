@@ -10,6 +10,7 @@ good checkpoint stays the newest.
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable
 
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgraph.kge import sharded
 from jaxgraph.kge import step as kge_step
 from jaxinfra import checkpoints, finite
 
@@ -33,7 +35,7 @@ def epoch_indices(num_train: int, batch_size: int, seed: int, epoch: int):
 def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, weights, *,
                  key, seed: int, batch_size: int, start: int, end: int, epochs: int,
                  mngr, meta: dict, log, validate: Callable | None = None,
-                 eval_every: int = 0, progress: bool = False):
+                 eval_every: int = 0, progress: bool = False, mesh=None):
     """Trains epochs ``start`` .. ``end - 1`` (0-based) of a run of ``epochs``.
 
     Args:
@@ -50,6 +52,8 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
       validate: ``validate(kge_params) -> metrics``, logged as ``valid/*`` after every
         ``eval_every`` epochs (not after the last one of the run).
       progress: show a tqdm bar.
+      mesh: None, or a (``data``, ``model``) mesh: the state is entity-sharded
+        (:mod:`jaxgraph.kge.sharded`) and epochs run sharded.
 
     Returns:
       ``(state, train_seconds)``.
@@ -62,6 +66,8 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
     from tqdm import tqdm
 
     name = cfg.backbone.name
+    train_epoch = (kge_step.train_epoch if mesh is None
+                   else functools.partial(sharded.train_epoch, mesh=mesh))
     seconds = 0.0
     with tqdm(total=end, initial=start, desc=name, unit="epoch", disable=not progress) as bar:
         for epoch in range(start, end):
@@ -69,7 +75,7 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
                 state = kge_step.refresh_teacher(state)
             idx = epoch_indices(len(train), batch_size, seed, epoch)
             t0 = time.perf_counter()
-            state, metrics = kge_step.train_epoch(
+            state, metrics = train_epoch(
                 state, jnp.asarray(train[idx]), jnp.asarray(weights[idx]), key,
                 jnp.float32(kge_step.kd_weight(cfg.csd, epoch)), cfg=cfg, tx=tx)
             metrics = jax.device_get(metrics)
