@@ -11,7 +11,9 @@ import it and never each other.
     jaxinfra.config_checks  config values checked before any work
     jaxinfra.finite       NaN/inf guards naming the step and the metric
     jaxinfra.workdir      one run per workdir (a lock file)
-    jaxinfra.mesh         1-D device meshes and their NamedShardings
+    jaxinfra.mesh         device meshes over all processes, their NamedShardings, global
+                          batches from each process's rows
+    jaxinfra.distributed  JAX's multi-process runtime: flags, start-up, who writes
     jaxinfra.datasets     offline image data (digits, Fashion-MNIST IDX files, tfds)
     jaxinfra.digests      SHA-256 of files
 
@@ -19,4 +21,4 @@ Submodules are imported on use (``from jaxinfra import checkpoints``), so import
 package itself loads nothing heavy.
 """
 __all__ = ["metrics", "images", "checkpoints", "cli", "config_args", "config_checks", "finite",
-           "workdir", "mesh", "datasets", "digests"]
+           "workdir", "mesh", "distributed", "datasets", "digests"]

@@ -23,6 +23,14 @@ What it guarantees (tests/jaxinfra/test_checkpoints.py injects each fault):
   (``keep``) from deleting the good steps in its favour.
 - Resuming compares the saved settings with the asked ones and refuses a mismatch with a
   message listing every difference (:func:`resume`).
+
+Several processes (:mod:`jaxinfra.distributed`; the workdir on a file system every process
+sees): every process calls every function here, as SPMD code does. Orbax saves and
+restores with all of them (each shard of a sharded array is written once, by a process
+that holds it); this module's own writes (the integrity record, moving a corrupt step
+aside) are process 0's, followed by a barrier. Every process verifies, but process 0's
+verdict on a step is the one all follow, and a step that fails to restore on any process
+is moved aside on all of them, so the processes never disagree on the step they resume.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ import shutil
 import jax
 import numpy as np
 
+from jaxinfra import distributed
 from jaxinfra.digests import file_sha256
 from jaxinfra.finite import NonFiniteError
 
@@ -100,7 +109,7 @@ def save(mngr, step: int, *, meta: dict, force: bool = False, **items) -> bool:
 
     The items are checked first: a NaN or inf anywhere raises :class:`NonFiniteError`
     and nothing is written. After the save, the SHA-256 of every file of the step is
-    recorded for :func:`verify`.
+    recorded for :func:`verify` (by process 0; every process must call ``save``).
 
     Returns:
       Whether a checkpoint was written (``save_every`` may skip the step unless
@@ -119,12 +128,14 @@ def save(mngr, step: int, *, meta: dict, force: bool = False, **items) -> bool:
                                                            **args), force=force)
     if written:
         mngr.wait_until_finished()
-        directory = _step_dir(mngr, step)
-        record = {"sha256": _file_digests(directory), "finite": True}
-        tmp = os.path.join(directory, INTEGRITY_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=0, sort_keys=True)
-        os.replace(tmp, os.path.join(directory, INTEGRITY_FILE))
+        if distributed.is_main_process():
+            directory = _step_dir(mngr, step)
+            record = {"sha256": _file_digests(directory), "finite": True}
+            tmp = os.path.join(directory, INTEGRITY_FILE + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump(record, f, indent=0, sort_keys=True)
+            os.replace(tmp, os.path.join(directory, INTEGRITY_FILE))
+        distributed.barrier(f"jaxinfra.checkpoints.save:{int(step)}")
     return written
 
 
@@ -156,14 +167,19 @@ def verify(mngr, step: int) -> str | None:
 
 
 def _quarantine(mngr, step: int, reason: str, fallback) -> None:
-    """Moves a bad step to ``<checkpoints>/corrupt/<step>`` and warns."""
-    src = _step_dir(mngr, step)
+    """Moves a bad step to ``<checkpoints>/corrupt/<step>`` and warns (process 0 moves
+    and warns; every process waits for the move and reloads)."""
     dst = os.path.join(os.fspath(mngr.directory), CORRUPT_SUBDIR, str(int(step)))
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.exists(dst):
-        shutil.rmtree(dst)
-    shutil.move(src, dst)
+    if distributed.is_main_process():
+        src = _step_dir(mngr, step)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        shutil.move(src, dst)
+    distributed.barrier(f"jaxinfra.checkpoints.quarantine:{int(step)}")
     mngr.reload()
+    if not distributed.is_main_process():
+        return
     then = f"using step {fallback}" if fallback is not None else "no good checkpoint left"
     _log.warning("checkpoint step %d in %s is corrupt (%s); moved to %s; %s", int(step),
                  os.fspath(mngr.directory), reason, dst, then)
@@ -173,14 +189,17 @@ def _quarantine(mngr, step: int, reason: str, fallback) -> None:
 
 
 def latest_good(mngr) -> int | None:
-    """The newest step that passes :func:`verify`; bad newer steps are moved aside."""
+    """The newest step that passes :func:`verify`; bad newer steps are moved aside (with
+    several processes, process 0's verdict counts)."""
     while True:
         steps = sorted(mngr.all_steps(), reverse=True)
         if not steps:
             return None
         reason = verify(mngr, steps[0])
-        if reason is None:
+        if distributed.broadcast_flag(reason is None):
             return int(steps[0])
+        if reason is None:                 # bad on process 0, not read as bad here
+            reason = "corrupt (found by process 0)"
         _quarantine(mngr, steps[0], reason, steps[1] if len(steps) > 1 else None)
 
 
@@ -327,15 +346,22 @@ def _restore_good(mngr, restore):
         step = latest_good(mngr)
         if step is None:
             return None, None
+        error = None
         try:
-            return step, restore(step)
+            result = restore(step)
         except SettingsMismatchError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError) as err:
-            steps = sorted(mngr.all_steps(), reverse=True)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            _quarantine(mngr, step, f"unreadable: {type(err).__name__}: {first[:200]}",
-                        steps[1] if len(steps) > 1 else None)
+            error = err
+        if distributed.all_true(error is None):
+            return step, result
+        steps = sorted(mngr.all_steps(), reverse=True)
+        if error is None:
+            reason = "unreadable on another process"
+        else:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            reason = f"unreadable: {type(error).__name__}: {first[:200]}"
+        _quarantine(mngr, step, reason, steps[1] if len(steps) > 1 else None)
 
 
 def resume(mngr, state, meta: dict, *, key=None, what: str = "run", workdir: str = "",
@@ -405,6 +431,8 @@ def open_latest(workdir: str, *, what: str, hint: str, subdir: str = DEFAULT_SUB
     else:
         chosen = step if step in mngr.all_steps() else None
         reason = verify(mngr, step) if chosen is not None else None
+        if not distributed.broadcast_flag(reason is None):
+            reason = reason or "corrupt (found by process 0)"
         if reason is not None:
             mngr.close()
             raise ValueError(f"{what} checkpoint step {step} in {directory!r} is corrupt "

@@ -9,6 +9,9 @@ What a user sees:
   tracebacks are for bugs, or with ``--verbose``.
 - The workdir is locked for the run (:mod:`jaxinfra.workdir`): a second run in the same
   folder is refused.
+- ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` or ``--distributed``
+  start JAX's multi-process runtime before anything else uses JAX
+  (:mod:`jaxinfra.distributed`); without them a job runs on one process as before.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ def _one_line(err: BaseException) -> str:
 
 
 def run_job(run: Callable, report: Callable | None = None, *, what: str = "config file",
-            define_flags: Callable | None = None, argv: list | None = None):
+            define_flags: Callable | None = None, argv: list | None = None,
+            multi_process: bool = False):
     """Parse ``--config`` (an ml_collections file, ``path.py:arg`` allowed) and ``--workdir``,
     call ``run(config, workdir)`` with the workdir locked, then ``report(result, workdir)``.
 
@@ -38,12 +42,20 @@ def run_job(run: Callable, report: Callable | None = None, *, what: str = "confi
       define_flags: optional ``define_flags(flags)`` declaring extra absl flags; ``run``
         reads them from ``absl.flags.FLAGS``.
       argv: the command line (default ``sys.argv``).
+      multi_process: ``run`` is written for several processes (every process calls it;
+        batches made with :func:`jaxinfra.mesh.global_batch`, writers process-0 aware).
+        Other jobs refuse ``--num_processes`` > 1 (or a ``--distributed`` cluster of
+        several processes) with a one-line error instead of running independent copies.
 
-    Orbax's per-save INFO logging is silenced unless ``--verbosity`` is given.
+    Orbax's per-save INFO logging is silenced unless ``--verbosity`` is given. The
+    multi-process flags (:mod:`jaxinfra.distributed`) are declared here, so every job has
+    them; ``report`` runs on every process (print on :func:`distributed.is_main_process`
+    only, where that matters).
     """
     from absl import app, flags
     from ml_collections import config_flags
 
+    from jaxinfra import distributed
     from jaxinfra import workdir as workdir_lib
 
     argv = list(sys.argv if argv is None else argv)
@@ -52,10 +64,11 @@ def run_job(run: Callable, report: Callable | None = None, *, what: str = "confi
                                     "--config.<field>=<value>", lock_config=True)
     flags.DEFINE_string("workdir", None, "output directory (created; resumes what it holds)")
     flags.DEFINE_boolean("verbose", False, "show Python tracebacks of user errors")
+    distributed.define_flags(flags)
     if define_flags is not None:
         define_flags(flags)
     # --help shows the key flags of the main module (sys.argv[0]): make ours key flags.
-    for name in ("config", "workdir", "verbose"):
+    for name in ("config", "workdir", "verbose") + distributed.FLAG_NAMES:
         flags.FLAGS.register_key_flag_for_module(argv[0], flags.FLAGS[name])
     flags.mark_flags_as_required(["config", "workdir"])
 
@@ -66,6 +79,15 @@ def run_job(run: Callable, report: Callable | None = None, *, what: str = "confi
         quiet_absl_logging()
         fl = flags.FLAGS
         try:
+            # Before anything creates a JAX backend (the lock below may use one).
+            settings = distributed.settings_from_flags(fl)
+            if not multi_process:
+                distributed.refuse_several_processes(settings, _job_name(argv[0]))
+            distributed.initialize(settings)
+            if not multi_process and distributed.process_count() > 1:
+                distributed.refuse_several_processes(
+                    distributed.Settings(None, distributed.process_count(), None),
+                    _job_name(argv[0]))
             with workdir_lib.locked(fl.workdir):
                 result = run(fl.config, fl.workdir)
                 if report is not None:
@@ -97,6 +119,14 @@ def run_job(run: Callable, report: Callable | None = None, *, what: str = "confi
         sys.exit(EXIT_USER_ERROR)
 
     app.run(main, argv=argv, flags_parser=parse_flags)
+
+
+def _job_name(argv0: str) -> str:
+    """``python -m <module>`` when run as a module, else the script's file name."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return "python -m " + spec.name.removesuffix(".__main__")
+    return argv0.rsplit("/", 1)[-1] or "this job"
 
 
 def _flag_error_line(err: Exception) -> str:

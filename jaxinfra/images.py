@@ -40,9 +40,14 @@ def image_grid(images, cols: int = 0, value_range=(-1.0, 1.0)):
 def save_image_grid(images, path: str, *, cols: int = 0, scale: int = 4,
                     value_range=(-1.0, 1.0)):
     """Writes :func:`image_grid` of ``images`` to the PNG ``path``, upscaled ``scale`` times
-    (nearest neighbour); returns the (unscaled) uint8 grid."""
+    (nearest neighbour); returns the (unscaled) uint8 grid. Only process 0 writes
+    (:func:`jaxinfra.distributed.is_main_process`); the others only return the grid."""
     from PIL import Image
+
+    from jaxinfra import distributed
     g = image_grid(images, cols, value_range)
+    if not distributed.is_main_process():
+        return g
     big = np.repeat(np.repeat(g, scale, axis=0), scale, axis=1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(big[..., 0] if big.shape[-1] == 1 else big).save(path)

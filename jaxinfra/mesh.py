@@ -1,31 +1,110 @@
-"""1-D device meshes and their shardings (``jax.sharding``; never pmap).
+"""Device meshes over every device of every process, their shardings, and global batches
+(``jax.sharding``; never pmap).
 
-A trainer shards the batch axis over ``mesh_1d(axis="data")`` and replicates its state;
-jit inserts the collectives. Tests run on 4 fake CPU devices
+A data-parallel trainer shards the batch axis over ``mesh_1d(axis="data")`` and replicates
+its state; jit inserts the collectives. A trainer that also shards parameters uses
+``mesh_2d(data=..., model=...)``: the batch is split over "data" and replicated over
+"model". Tests run on 4 fake CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=4``).
+
+Several processes (:mod:`jaxinfra.distributed`): a mesh spans ``jax.devices()`` (all
+processes), handed to ``jax.make_mesh`` process-major (process 0's devices first; on CPU
+and GPU that is the mesh order, so each process holds a contiguous block of the "data"
+axis, :func:`process_batch_slice`; on TPU ``make_mesh`` may reorder them by the physical
+topology). Which rows a process feeds is read from the sharding itself
+(:func:`local_rows`), so any order works. Batches are made so that results do not
+depend on the number of processes:
+
+    perm = <one permutation of the n examples per (seed, epoch)>   # same on every process
+    idx = batch_indices(perm, step_in_epoch, batch_size)            # the global batch
+    x, y = global_batch(mesh_lib.sharded(mesh), (images, labels), idx)
+
+:func:`global_batch` reads only this process's rows of ``idx`` (:func:`local_rows`) and
+assembles the global array with ``jax.make_array_from_process_local_data``; on one
+process it is ``jax.device_put(data[idx], sharding)``. Since the global batch of a step is
+a function of (seed, epoch, step) only, a resumed run sees the batches an uninterrupted
+one sees, on any number of processes.
 """
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["mesh_1d", "replicated", "sharded"]
+__all__ = ["mesh_1d", "mesh_2d", "mesh_devices", "replicated", "sharded",
+           "process_batch_slice", "local_rows", "batch_indices", "global_batch"]
+
+
+def mesh_devices(num_devices: int = 0) -> list:
+    """The devices of a mesh, process-major.
+
+    One process: its first ``num_devices`` local devices (0: all). Several processes:
+    the first ``num_devices / process_count`` local devices of each process (0: all
+    devices), process 0's first.
+
+    Raises:
+      ValueError: more devices asked for than there are, or a count that does not
+        split evenly over the processes.
+    """
+    n_proc = jax.process_count()
+    if n_proc == 1:
+        devices = jax.local_devices()
+        n = len(devices) if not num_devices else int(num_devices)
+        if not 1 <= n <= len(devices):
+            raise ValueError(f"num_devices={num_devices} but {len(devices)} local devices "
+                             "are available")
+        return devices[:n]
+    per = {}
+    for d in sorted(jax.devices(), key=lambda d: (d.process_index, d.id)):
+        per.setdefault(d.process_index, []).append(d)
+    total = sum(len(v) for v in per.values())
+    n = total if not num_devices else int(num_devices)
+    local = min(len(v) for v in per.values())
+    if n % n_proc or not 1 <= n // n_proc <= local:
+        raise ValueError(f"num_devices={num_devices} does not split over {n_proc} processes "
+                         f"of {local} devices; accepted: 0 (all {total}) or a multiple of "
+                         f"{n_proc} up to {n_proc * local}")
+    return [d for p in sorted(per) for d in per[p][:n // n_proc]]
 
 
 def mesh_1d(axis: str = "data", num_devices: int = 0) -> jax.sharding.Mesh:
-    """A 1-D mesh named ``axis`` over the first ``num_devices`` local devices (0: all).
+    """A 1-D mesh named ``axis`` over :func:`mesh_devices` (one process: its first
+    ``num_devices`` local devices, 0: all; several: all processes' devices).
 
     Raises:
       ValueError: more devices asked for than there are.
     """
-    devices = jax.local_devices()
-    n = len(devices) if not num_devices else int(num_devices)
-    if not 1 <= n <= len(devices):
-        raise ValueError(f"num_devices={num_devices} but {len(devices)} local devices "
-                         "are available")
-    return jax.make_mesh((n,), (axis,), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=devices[:n])
+    devices = mesh_devices(num_devices)
+    return jax.make_mesh((len(devices),), (axis,), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=devices)
+
+
+def mesh_2d(data: int = 0, model: int = 1, axes=("data", "model")) -> jax.sharding.Mesh:
+    """A (data, model) mesh over all devices of all processes, process-major: the
+    devices of a process lie in consecutive rows (``model`` consecutive devices a row).
+
+    Args:
+      data: the size of the data axis (0: all devices / model).
+      model: the size of the model axis (parameters sharded over it).
+      axes: the two axis names.
+
+    Raises:
+      ValueError: ``data * model`` is not the device count, or ``model`` does not divide
+        it.
+    """
+    devices = mesh_devices(0)
+    n, model = len(devices), int(model)
+    if model < 1 or n % model:
+        raise ValueError(f"model={model} does not divide the {n} devices; accepted: a "
+                         f"divisor of {n}")
+    data = int(data) or n // model
+    if data * model != n:
+        raise ValueError(f"data={data} x model={model} is not the {n} devices; accepted: "
+                         f"data={n // model} (or 0)")
+    auto = jax.sharding.AxisType.Auto
+    return jax.make_mesh((data, model), tuple(axes), axis_types=(auto, auto),
+                         devices=devices)
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -34,5 +113,91 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 
 def sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
-    """The leading axis is split over the mesh's (single) axis."""
+    """The leading axis is split over the mesh's first axis ("data"), the array is
+    replicated over the others."""
     return NamedSharding(mesh, P(mesh.axis_names[0]))
+
+
+def process_batch_slice(global_batch: int, process_index: int | None = None,
+                        process_count: int | None = None) -> slice:
+    """The rows of a global batch that process ``process_index`` loads, on a mesh whose
+    data axis is process-major with as many devices per process (:func:`mesh_1d`,
+    :func:`mesh_2d` without a model axis across processes).
+
+    Args:
+      global_batch: B, the global batch size.
+      process_index, process_count: default ``jax.process_index()``/``process_count()``.
+
+    Returns:
+      ``slice(i * B / P, (i + 1) * B / P)``.
+
+    Raises:
+      ValueError: B is not a multiple of P, or the index is out of range.
+    """
+    i = jax.process_index() if process_index is None else int(process_index)
+    n = jax.process_count() if process_count is None else int(process_count)
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"process_index={i} is out of range; accepted: 0 to {n - 1}")
+    if global_batch % n:
+        raise ValueError(f"batch size {global_batch} does not split over {n} processes; "
+                         f"accepted: a multiple of {n}")
+    per = global_batch // n
+    return slice(i * per, (i + 1) * per)
+
+
+def local_rows(sharding: jax.sharding.Sharding, global_batch: int) -> np.ndarray:
+    """The rows of a (global_batch, ...) array sharded by ``sharding`` that this process's
+    devices hold, ascending: the order ``jax.make_array_from_process_local_data`` expects.
+
+    Returns:
+      (R,) int64 row indices (all B rows on one process).
+    """
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((int(global_batch),)).values():
+        rows.update(range(global_batch)[index[0]])
+    return np.array(sorted(rows), np.int64)
+
+
+def batch_indices(perm, step_in_epoch: int, batch_size: int) -> np.ndarray:
+    """The example indices of batch ``step_in_epoch`` of an epoch ordered by ``perm``.
+
+    Args:
+      perm: (n,) the epoch's example order (one per (seed, epoch), the same everywhere).
+      step_in_epoch: s, 0-indexed.
+      batch_size: B.
+
+    Returns:
+      (B,) ``perm[s * B:(s + 1) * B]``.
+
+    Raises:
+      ValueError: the epoch has fewer than ``(s + 1) * B`` examples.
+    """
+    lo, hi = int(step_in_epoch) * int(batch_size), (int(step_in_epoch) + 1) * int(batch_size)
+    if hi > len(perm):
+        raise ValueError(f"batch {step_in_epoch} of size {batch_size} needs {hi} examples; "
+                         f"the epoch has {len(perm)}")
+    return np.asarray(perm[lo:hi])
+
+
+def global_batch(sharding: jax.sharding.Sharding, data, indices):
+    """The global batch ``data[indices]`` (a pytree of host arrays with a leading example
+    axis), each process reading only its rows (:func:`local_rows`).
+
+    Args:
+      sharding: the batch sharding (e.g. :func:`sharded`).
+      data: pytree of (n, ...) host arrays (numpy or memory-mapped), the same on every
+        process.
+      indices: (B,) example indices of the batch (the same on every process).
+
+    Returns:
+      The pytree of (B, ...) ``jax.Array`` s sharded by ``sharding``.
+    """
+    indices = np.asarray(indices)
+    b = len(indices)
+    if jax.process_count() == 1:
+        return jax.device_put(jax.tree.map(lambda a: a[indices], data), sharding)
+    mine = indices[local_rows(sharding, b)]
+    local = jax.tree.map(lambda a: np.asarray(a[mine]), data)
+    return jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(sharding, a, (b,) + a.shape[1:]),
+        local)

@@ -1,5 +1,9 @@
 """Metrics of a run as JSON lines (``workdir/metrics.jsonl``) and TensorBoard scalars
 (``workdir/tb``, written with tensorboardX), one :meth:`MetricsLog.write` per logged step.
+
+With several processes (:mod:`jaxinfra.distributed`) only process 0 writes; on the others a
+MetricsLog opens no file and :meth:`MetricsLog.write` only returns the row (the values
+are global: every process computes the same numbers).
 """
 from __future__ import annotations
 
@@ -27,11 +31,16 @@ class MetricsLog:
     A trainer passes ``start_step``, the step it resumes from (0 for a fresh start): the
     JSON lines and TensorBoard events logged after it are dropped, so a run resumed from
     an older checkpoint (after a crash, or a corrupt newer one) logs those steps again,
-    never twice. ``None`` (jobs without steps to resume) only appends.
+    never twice. ``None`` (jobs without steps to resume) only appends. On processes other
+    than 0 (:func:`jaxinfra.distributed.is_main_process`) nothing is written.
     """
 
     def __init__(self, workdir: str, *, start_step: int | None = None,
                  tensorboard: bool = True):
+        from jaxinfra import distributed
+        self._file = self._writer = None
+        if not distributed.is_main_process():
+            return
         os.makedirs(workdir, exist_ok=True)
         if start_step is not None:
             truncate(workdir, start_step)
@@ -53,6 +62,8 @@ class MetricsLog:
             if not isinstance(value, numbers.Number):
                 raise ValueError(f"metric {name!r} must be a number, got {value!r}")
             row[f"{prefix}/{name}" if prefix else name] = value
+        if self._file is None:                       # not process 0
+            return row
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._writer is not None:
@@ -67,7 +78,8 @@ class MetricsLog:
             self._writer.add_image(name, np.asarray(image), int(step), dataformats="HWC")
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._writer is not None:
             self._writer.close()
 

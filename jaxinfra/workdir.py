@@ -7,6 +7,12 @@ A lock left by a process that no longer runs on this host is stale: it is replac
 warning. A lock from another host cannot be checked and is refused; the message says
 which file to remove once that run is known to be gone. The lock is re-entrant within a
 process (a CLI and the trainer it calls may both take it).
+
+Several processes (:mod:`jaxinfra.distributed`): one run is one lock file, taken by
+process 0 only (its pid and host, as above); the others write none. Process 0's outcome
+is broadcast, so when the workdir is in use every process of the new run stops with the
+same error instead of waiting for a peer that left. Every process must enter and leave
+``locked`` together (as SPMD code does).
 """
 from __future__ import annotations
 
@@ -46,11 +52,34 @@ def _read(path: str) -> dict:
 
 @contextlib.contextmanager
 def locked(workdir: str):
-    """Holds ``workdir/.lock`` for the duration of the ``with`` block.
+    """Holds ``workdir/.lock`` for the duration of the ``with`` block (taken by process 0
+    of a multi-process run; see the module doc).
 
     Raises:
       WorkdirLockedError: a live process (or one on another host) holds the workdir.
     """
+    from jaxinfra import distributed
+    if distributed.process_count() == 1:
+        with _locked(workdir) as path:
+            yield path
+        return
+    with contextlib.ExitStack() as stack:
+        error, path = None, os.path.join(workdir, LOCK_FILE)
+        if distributed.is_main_process():
+            try:
+                path = stack.enter_context(_locked(workdir))
+            except WorkdirLockedError as err:
+                error = err
+        if not distributed.broadcast_flag(error is None):
+            raise error or WorkdirLockedError(
+                f"workdir {workdir!r} is in use by another run (process 0 of this run could "
+                f"not take {path}; its error names the holder)")
+        yield path
+
+
+@contextlib.contextmanager
+def _locked(workdir: str):
+    """The lock file itself (one process)."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
     me = {"pid": os.getpid(), "host": socket.gethostname(),

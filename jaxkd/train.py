@@ -11,10 +11,15 @@ before the optimizer), batch 64, 240 epochs, lr 0.05 times 0.1 after epochs 150,
 the only thing differentiated: the K frozen teachers are an *argument* of the jitted step
 (K same-architecture teachers stacked on a leading axis and vmapped), in eval mode.
 
-Data parallel: the batch is sharded over a 1-D mesh of all local devices (axis "data";
-:func:`jaxinfra.mesh.mesh_1d`); parameters and optimizer state are replicated. Losses are
+Data parallel: the batch is sharded over a 1-D mesh of all devices (axis "data";
+:func:`jaxinfra.mesh.mesh_1d`; with several processes, every device of every process,
+:mod:`jaxinfra.distributed`); parameters and optimizer state are replicated. Losses are
 global-batch means (BatchNorm statistics too), so the step computes the same numbers on
-any device count.
+any device count. The global batch of a step is ``perm[s * B:(s + 1) * B]`` of one
+permutation per (seed, epoch); each process reads only its rows of it and the global
+array is assembled from them (:func:`jaxinfra.mesh.global_batch`), so a run on several
+processes sees the batches of a run on one. Only process 0 writes metrics and
+TensorBoard events; every process takes part in the checkpoint saves.
 
 Writes to ``workdir``:
   checkpoints/<step>/   Orbax items ``state`` (step, params, batch_stats, opt_state),
@@ -54,7 +59,7 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from jaxinfra import checkpoints, config_checks, finite
+from jaxinfra import checkpoints, config_checks, distributed, finite
 from jaxinfra import mesh as mesh_lib
 from jaxinfra.metrics import MetricsLog
 from jaxkd import data as data_lib
@@ -247,7 +252,9 @@ def eval_step(variables, images, labels, mask, *, model):
 
 def evaluate(model, variables, dataset, batch_size: int, mesh=None) -> dict:
     """Top-1 accuracy and mean cross-entropy on ``dataset`` (a :class:`Dataset` or
-    (images, labels)); the last batch is padded and masked, nothing is dropped."""
+    (images, labels)); the last batch is padded and masked, nothing is dropped. Each
+    process reads its rows of every batch; the sums are over the global batch (every
+    process gets the same numbers)."""
     images, labels = dataset[0], dataset[1]
     n = images.shape[0]
     mesh = mesh or mesh_lib.mesh_1d(DATA_AXIS)
@@ -262,9 +269,8 @@ def evaluate(model, variables, dataset, batch_size: int, mesh=None) -> dict:
             x = np.concatenate([x, np.zeros((padn,) + x.shape[1:], x.dtype)])
             y = np.concatenate([y, np.zeros(padn, y.dtype)])
             m = np.concatenate([m, np.zeros(padn, np.float32)])
-        c, e = eval_step(variables, jax.device_put(x, batch_sh),
-                         jax.device_put(y, batch_sh), jax.device_put(m, batch_sh),
-                         model=model)
+        xs, ys, ms = mesh_lib.global_batch(batch_sh, (x, y, m), np.arange(bs))
+        c, e = eval_step(variables, xs, ys, ms, model=model)
         correct += float(c)
         ce += float(e)
     return {"acc": correct / n, "loss": ce / n}
@@ -492,7 +498,7 @@ def build(config, input_shape, num_classes, steps_per_epoch, *, teacher_vars=Non
       steps_per_epoch: updates per epoch.
       teacher_vars: stacked teacher variables to use instead of loading
         ``config.teacher.workdirs`` (tests).
-      mesh: the device mesh (default: all local devices).
+      mesh: the device mesh (default: all devices of all processes).
       fill: (C,) padding value of the crop augmentation (normalised black).
     """
     method = methods.get(config.method.name)
@@ -692,7 +698,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
         still follows ``num_epochs``); a checkpoint is saved there.
       teacher_vars: stacked teacher variables instead of ``config.teacher.workdirs``.
       datasets: (train, test) instead of loading ``config.dataset``.
-      mesh: device mesh (default: all local devices).
+      mesh: device mesh (default: all devices of all processes).
 
     Returns:
       dict: best_acc, best_epoch, last_acc (test top-1, fractions), epoch, step,
@@ -798,14 +804,13 @@ def _train(config, workdir, mngr, best_mngr, asked, extend, stop_at_step, teache
     perm_epoch, perm = -1, None
     with MetricsLog(workdir, start_step=start) as log, \
             tqdm(total=end, initial=start, desc=f"{config.method.name}", unit="step",
-                 disable=not config.progress) as bar:
+                 disable=not config.progress or not distributed.is_main_process()) as bar:
         for step in range(start, end):
             epoch0 = step // spe
             if epoch0 != perm_epoch:
                 perm_epoch, perm = epoch0, data_lib.epoch_permutation(config.seed, epoch0, n)
-            idx = perm[(step % spe) * bsz:(step % spe + 1) * bsz]
-            x = jax.device_put(train.images[idx], batch_sh)
-            y = jax.device_put(train.labels[idx], batch_sh)
+            idx = mesh_lib.batch_indices(perm, step % spe, bsz)
+            x, y = mesh_lib.global_batch(batch_sh, (train.images, train.labels), idx)
             state, metrics = train_step(state, t_vars, x, y, key, cfg=cfg)
             acc.append(metrics)
             unchecked.append(metrics)
@@ -852,12 +857,13 @@ def _train(config, workdir, mngr, best_mngr, asked, extend, stop_at_step, teache
 
 
 def _main(config, workdir):
-    """The CLI's job: train, then print the result dict as one JSON line."""
+    """The CLI's job: train, then print the result dict as one JSON line (process 0)."""
     result = train_and_evaluate(config, workdir)
-    print(json.dumps(result))
+    if distributed.is_main_process():
+        print(json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
     from jaxinfra.cli import run_job
-    run_job(_main, what="distillation config file (configs/kd/*.py)")
+    run_job(_main, what="distillation config file (configs/kd/*.py)", multi_process=True)
