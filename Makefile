@@ -30,7 +30,7 @@ demo-fashion: $(STAMP) fashion-data
 # sends each test module to one worker, so module-scoped fixtures (tiny training runs)
 # are computed once.
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(VPY) -m pytest -q -n auto --dist loadscope tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(VPY) -m pytest -q -n auto --dist loadscope --durations=15 tests
 
 lint: $(STAMP)
 	$(VPY) -m ruff check .

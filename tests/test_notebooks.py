@@ -56,8 +56,7 @@ def test_notebook_is_clean(path):
             f"{path.name}: cell {i} has an execution count")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, kernel_dir, monkeypatch):
+def _run_notebook(path, kernel_dir, monkeypatch):
     """Every cell runs without error in reduced mode (the kernel inherits this env)."""
     monkeypatch.setenv("JAXDIFF_NOTEBOOK_REDUCED", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -70,6 +69,20 @@ def test_notebook_runs(path, kernel_dir, monkeypatch):
         client.execute()
     except nbclient.exceptions.CellExecutionError as e:  # pragma: no cover - failure path
         pytest.fail(f"{path.name} failed:\n{e}")
+
+
+def _runner(path):
+    class Runner:
+        def test_notebook_runs(self, kernel_dir, monkeypatch):
+            _run_notebook(path, kernel_dir, monkeypatch)
+    return Runner
+
+
+# One test class per notebook: `--dist loadscope` schedules classes separately, so the
+# notebooks (the suite's longest tests) are shared between the workers instead of all
+# running on the one worker that takes this module.
+for _path in NOTEBOOKS:
+    globals()[f"TestRun_{_path.stem}"] = _runner(_path)
 
 
 def test_notebooks_found():
