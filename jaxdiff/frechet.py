@@ -13,7 +13,6 @@ samplers of a trained EDM model with it.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -21,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.linalg
 from flax import struct
 
 __all__ = ["Classifier", "ClassifierState", "FeatureStats", "train_classifier", "features",
@@ -191,13 +189,40 @@ def feature_stats(state: ClassifierState, images, *, batch_size: int = 500) -> F
     return FeatureStats(f.mean(axis=0), np.cov(f, rowvar=False), int(f.shape[0]))
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
+_NOT_A_COVARIANCE = "accepted: a covariance matrix (symmetric positive semi-definite)"
+
+
+def _check_symmetric(name, sigma) -> float:
+    """ValueError naming ``name`` unless symmetric to 1e-6 of its scale; returns the scale."""
+    scale = max(1.0, float(np.max(np.abs(sigma))))
+    if np.max(np.abs(sigma - sigma.T)) > 1e-6 * scale:
+        raise ValueError(f"{name} is not symmetric; {_NOT_A_COVARIANCE}")
+    return scale
+
+
+def _psd_sqrt(name, sigma):
+    """Symmetric square root of a symmetric PSD matrix; round-off eigenvalues < 0 -> 0.
+
+    ValueError naming ``name`` unless ``sigma`` is symmetric with no eigenvalue below
+    -1e-6 of its largest entry."""
+    scale = _check_symmetric(name, sigma)
+    w, v = np.linalg.eigh(sigma)
+    if w[0] < -1e-6 * scale:
+        raise ValueError(f"{name} has eigenvalue {w[0]:.3g} < 0; {_NOT_A_COVARIANCE}")
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
-    ``|mu1 - mu2|^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``, in float64 with
-    ``scipy.linalg.sqrtm``. If the product is singular enough that sqrtm fails
-    (non-finite result), ``eps * I`` is added to both covariances. A small imaginary
-    part from round-off is discarded; a large one on the diagonal raises.
+    ``|mu1 - mu2|^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))`` in float64. The trace
+    of the root is ``sum_i sqrt(lambda_i)`` over the eigenvalues of the symmetric PSD matrix
+    ``R sigma2 R`` with ``R = sigma1^(1/2)`` (it has the eigenvalues of ``sigma1 sigma2``):
+    two ``eigh`` calls instead of pytorch-fid's ``scipy.linalg.sqrtm`` of the product. Same
+    value to round-off (tests: 1e-9 relative on full-rank pairs), no complex arithmetic, and
+    exact on singular covariances (fewer samples than features, ReLU features that never
+    fire), where sqrtm needs pytorch-fid's ``1e-6 * I`` offset; 4-6x faster at 2048 features
+    (sqrtm of rank-deficient 2048 x 2048 products: ~30 s on 2 CPU cores).
 
     Args:
       mu1, mu2: (F,) means.
@@ -212,24 +237,16 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
     if mu1.shape != (f,) or mu2.shape != (f,) or s1.shape != (f, f) or s2.shape != (f, f):
         raise ValueError(f"shape mismatch: mu1 {mu1.shape}, sigma1 {s1.shape}, mu2 "
                          f"{mu2.shape}, sigma2 {s2.shape}")
-    with warnings.catch_warnings():
-        # Singular covariances are expected (e.g. ReLU features that never fire).
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        root = scipy.linalg.sqrtm(s1 @ s2)
-        if not np.all(np.isfinite(root)):
-            offset = eps * np.eye(f)
-            root = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    if np.iscomplexobj(root):
-        # Only the trace is used, so only the diagonal's imaginary part must be round-off
-        # (as pytorch-fid checks): rank-deficient covariances (fewer samples than
-        # features) give sizeable imaginary parts off the diagonal that cancel there.
-        scale = max(1.0, float(np.max(np.abs(root))))
-        if np.max(np.abs(np.diagonal(root).imag)) > 1e-3 * scale:
-            raise ValueError("sqrtm(sigma1 @ sigma2) has a large imaginary part: are the "
-                             "covariances symmetric positive semi-definite?")
-        root = root.real
+    _check_symmetric("sigma2", s2)
+    root1 = _psd_sqrt("sigma1", s1)
+    inner = root1 @ s2 @ root1
+    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+    if eig[0] < -1e-6 * max(1.0, float(eig[-1])):
+        raise ValueError(f"sigma2 has eigenvalue < 0 (R sigma2 R: {eig[0]:.3g}); "
+                         f"{_NOT_A_COVARIANCE}")
+    root_trace = float(np.sum(np.sqrt(np.clip(eig, 0.0, None))))
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(root))
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * root_trace)
 
 
 def fd_of_samples(samples, classifier_state: ClassifierState, real_stats: FeatureStats,

@@ -323,9 +323,9 @@ def load_stats(path: str) -> FeatureStats:
 def fid(stats_a: FeatureStats, stats_b: FeatureStats) -> float:
     """Fréchet Inception Distance ``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))``.
 
-    :func:`jaxdiff.frechet.frechet_distance`: float64 ``scipy.linalg.sqrtm``, 1e-6 added
-    to the diagonals if the product is too singular, a small imaginary part dropped (as
-    pytorch-fid).
+    :func:`jaxdiff.frechet.frechet_distance`: float64, the trace of the root from two
+    symmetric eigendecompositions (pytorch-fid's ``scipy.linalg.sqrtm`` value to
+    round-off, exact on singular covariances).
     """
     return frechet_distance(stats_a.mu, stats_a.sigma, stats_b.mu, stats_b.sigma)
 

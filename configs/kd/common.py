@@ -1,8 +1,8 @@
 """Shared settings of the configs/kd/*.py distillation configs (not a config itself).
 
 Every configs/kd/<method>.py calls :func:`make` with its method name. Options after the
-colon (comma-separated, parsed by :func:`jaxinfra.config_args.parse`; fashion and tiny
-exclude each other):
+colon (comma-separated, parsed by :func:`jaxinfra.config_args.parse`; fashion,
+fashion_full and tiny exclude each other):
   (none)   the reference CIFAR-100 recipe (tfds cifar100, GPU/TPU-sized): batch 64,
            240 epochs, SGD Nesterov 0.9, lr 0.05 x0.1 after epochs 150/180/210, coupled
            weight decay 5e-4; teacher resnet32x4, student resnet8x4.
@@ -12,6 +12,9 @@ exclude each other):
            teachers (teacher.py) 3 epochs with lr x0.1 after epoch 2; teacher resnet20,
            student resnet8
            (docs/jaxkd.md's benchmark, sized for 2 heavily shared CPU cores).
+  fashion_full  all of offline Fashion-MNIST (60000 training, 10000 test images): teachers
+           (teacher.py) resnet20 6 epochs, lr x0.1 after epochs 4 and 5 (>= 90%, issue
+           15); students resnet8 for ``num_epochs`` (default 6, same schedule).
   tiny     scikit-learn digits, 256 images, 1 epoch of batch 32, resnet8 teacher and
            student (smoke tests; seconds).
   seed=N   seed N (also picks teacher workdir ..._sN for single-teacher methods).
@@ -25,7 +28,7 @@ import ml_collections
 
 from jaxinfra import config_args
 
-OPTIONS = ("fashion", "tiny")
+OPTIONS = ("fashion", "fashion_full", "tiny")
 
 
 def parse(arg) -> config_args.ConfigArgs:
@@ -35,11 +38,10 @@ def parse(arg) -> config_args.ConfigArgs:
 
 
 def teacher_dirs(flags, k, seed):
-    """Default teacher workdirs: runs/kd[_fashion|_tiny]/teacher_s<seed> (k = 1) or
+    """Default teacher workdirs: runs/kd[_fashion|_fashion_full|_tiny]/teacher_s<seed> (k = 1) or
     teacher_s0..teacher_s<k-1> (k teachers from different seeds, as CA-MKD's
     setting.py uses three trials of one architecture)."""
-    root = "runs/kd_fashion" if "fashion" in flags else (
-        "runs/kd_tiny" if "tiny" in flags else "runs/kd_cifar100")
+    root = next((f"runs/kd_{w}" for w in OPTIONS if w in flags), "runs/kd_cifar100")
     if k == 1:
         return (f"{root}/teacher_s{seed}",)
     return tuple(f"{root}/teacher_s{i}" for i in range(k))
@@ -108,6 +110,13 @@ def make(method: str, arg=None, *, num_teachers: int = 1, defaults=None):
         c.num_epochs = 1            # configs/kd/teacher.py:fashion trains 3
         c.optim.milestones = ()
         c.log_every = 20
+    if "fashion_full" in flags:
+        c.dataset = "fashion_mnist"
+        c.student = "resnet8"
+        c.teacher.model = "resnet20"
+        c.num_epochs = 6
+        c.optim.milestones = (4, 5)
+        c.log_every = 100
     if "tiny" in flags:
         c.dataset = "digits"
         c.max_train = 256

@@ -7,7 +7,8 @@
 The trained model is ``config.student`` (the architecture being trained; set to the
 teacher architecture here). Default: resnet32x4 on CIFAR-100, 240 epochs (the lineage
 reports 79.42% for resnet32x4); ``:fashion`` trains resnet20 on a 6000-image Fashion-MNIST
-subset for 3 epochs on CPU; ``:tiny`` a resnet8 on digits. Options: see configs/kd/common.py.
+subset for 3 epochs on CPU; ``:fashion_full`` resnet20 on all 60k images for 6 epochs
+(issue 15's teachers, >= 90%); ``:tiny`` a resnet8 on digits. Options: see configs/kd/common.py.
 """
 from configs.kd import common
 

@@ -1,6 +1,7 @@
 """jaxdiff.fid: Fréchet distance against closed forms, the classifier pipeline, bad input."""
 import numpy as np
 import pytest
+import scipy.linalg
 
 from configs import edm_digits
 from jaxdiff import frechet as fid
@@ -18,6 +19,32 @@ def test_frechet_distance_of_rank_deficient_covariances():
     root_trace = np.sum(np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)))
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * root_trace
     np.testing.assert_allclose(fid.frechet_distance(mu1, s1, mu2, s2), expected, rtol=1e-6)
+
+
+def test_frechet_distance_equals_pytorch_fids_sqrtm_formula():
+    """Full-rank pairs (where scipy.linalg.sqrtm is accurate): the eigh route gives
+    pytorch-fid's value |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) to 1e-9."""
+    rng = np.random.default_rng(3)
+    for d in (3, 40):
+        a, b = rng.normal(size=(4 * d, d)), rng.normal(size=(4 * d, d)) * 1.5 + 0.2
+        mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        ref = (np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2)
+               - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2)).real)
+        np.testing.assert_allclose(fid.frechet_distance(mu1, s1, mu2, s2), ref, rtol=1e-9)
+        np.testing.assert_allclose(fid.frechet_distance(mu2, s2, mu1, s1), ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("which,bad,message", [
+    (1, [[1.0, 0.5], [0.0, 1.0]], "sigma1 is not symmetric; accepted: a covariance matrix"),
+    (2, [[1.0, 0.5], [0.0, 1.0]], "sigma2 is not symmetric; accepted: a covariance matrix"),
+    (1, [[1.0, 0.0], [0.0, -2.0]], "sigma1 has eigenvalue -2 < 0; accepted: a covariance"),
+    (2, [[1.0, 0.0], [0.0, -2.0]], "sigma2 has eigenvalue < 0"),
+])
+def test_frechet_distance_refuses_matrices_that_are_not_covariances(which, bad, message):
+    sigmas = [np.eye(2), np.eye(2)]
+    sigmas[which - 1] = np.asarray(bad)
+    with pytest.raises(ValueError, match=message):
+        fid.frechet_distance(np.zeros(2), sigmas[0], np.zeros(2), sigmas[1])
 
 
 def test_frechet_distance_diagonal_closed_form():

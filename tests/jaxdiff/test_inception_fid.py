@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 
 from jaxdiff import metrics
 from jaxdiff.experiments import inception_weights
@@ -179,10 +180,8 @@ def test_fid_closed_form_on_gaussians():
     want = np.sum((mu1 - mu2) ** 2) + np.sum(a + b - 2 * np.sqrt(a * b))
     got = metrics.fid(FeatureStats(mu1, np.diag(a), 0), FeatureStats(mu2, np.diag(b), 0))
     assert got == pytest.approx(want, rel=1e-10)
-    # General SPD pair: Tr (C1 C2)^(1/2) = sum sqrt(eig(C1^(1/2) C2 C1^(1/2))).
-    w, v = np.linalg.eigh(c1)
-    root1 = (v * np.sqrt(w)) @ v.T
-    tr_root = np.sum(np.sqrt(np.linalg.eigvalsh(root1 @ c2 @ root1)))
+    # General SPD pair: pytorch-fid's formula, scipy.linalg.sqrtm of the product.
+    tr_root = np.trace(scipy.linalg.sqrtm(c1 @ c2)).real
     want = np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * tr_root
     got = metrics.fid(FeatureStats(mu1, c1, 0), FeatureStats(mu2, c2, 0))
     assert got == pytest.approx(want, rel=1e-9)

@@ -88,11 +88,11 @@ def test_padding_and_sparse_features_leave_outputs_unchanged(arch):
     g, x = small_graph(seed=4)
     g = graphs.build_graph(x, g.senders, g.receivers, self_loops=True)
     model = gnn.make_model(arch, 3, **({"hidden": 2, "heads": 2} if arch == "gat" else {}))
-    params = model.init(jax.random.PRNGKey(0), g, jnp.asarray(x))["params"]
-    ref, ref_h = model.apply({"params": params}, g, jnp.asarray(x), True)
+    apply = jax.jit(model.apply, static_argnums=3)     # one compile per shape, not per op
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), g, jnp.asarray(x))["params"]
+    ref, ref_h = apply({"params": params}, g, jnp.asarray(x), True)
     padded = graphs.pad_graph(g, 16, int(g.n_edge.sum()) + 9)
-    out, out_h = jax.jit(model.apply, static_argnums=3)({"params": params}, padded,
-                                                        padded.nodes, True)
+    out, out_h = apply({"params": params}, padded, padded.nodes, True)
     np.testing.assert_allclose(out[:7], ref, atol=1e-10)
     np.testing.assert_allclose(out_h[:7], ref_h, atol=1e-10)
     np.testing.assert_array_equal(graphs.node_mask(padded), np.arange(16) < 7)
@@ -101,7 +101,7 @@ def test_padding_and_sparse_features_leave_outputs_unchanged(arch):
     sp_x = graphs.sparse_features(x, np.float64)
     padded_sp = graphs.pad_graph(graphs.build_graph(sp_x, g.senders, g.receivers), 16,
                                  int(g.n_edge.sum()) + 3)
-    out_sp, _ = model.apply({"params": params}, padded_sp, padded_sp.nodes, True)
+    out_sp, _ = apply({"params": params}, padded_sp, padded_sp.nodes, True)
     np.testing.assert_allclose(out_sp[:7], ref, atol=1e-10)
 
 
@@ -120,9 +120,9 @@ def test_sparse_linear_and_dropout():
 def test_gat_shapes_and_bad_input():
     g, x = small_graph()
     model = gnn.make_model("gat", 3, hidden=4, heads=2, out_heads=3)
-    params = model.init(jax.random.PRNGKey(0), g, jnp.asarray(x))["params"]
-    logits, h = model.apply({"params": params}, g, jnp.asarray(x), False,
-                            rngs={"dropout": jax.random.PRNGKey(1)})
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), g, jnp.asarray(x))["params"]
+    logits, h = jax.jit(model.apply, static_argnums=3)(  # jit: one compile, not one per op
+        {"params": params}, g, jnp.asarray(x), False, rngs={"dropout": jax.random.PRNGKey(1)})
     assert logits.shape == (7, 3) and h.shape == (7, 8) and gnn.hidden_dim(model) == 8
     assert params["GATConv_1"]["kernel"].shape == (8, 9)
     with pytest.raises(ValueError, match=r"unknown GNN architecture 'gin'.*gcn, gat, sage"):
