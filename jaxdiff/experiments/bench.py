@@ -8,6 +8,17 @@ Two regimes, both with exact denoisers and no training:
 Every solver starts from the same noise; the error is the mean per-sample L2 distance
 (data in [-1, 1]) to a reference solved with many Heun steps, whose own convergence is
 reported (its change when the step count is halved).
+
+Stochastic samplers (``cfg.stochastic``: Euler ancestral, DPM-Solver++(2M) SDE, Heun with
+EDM's churn, at ``cfg.stochastic_nfes``) start from the same noise and take the step noise
+that ``jaxdiff.sample(..., key=jax.random.key(cfg.noise_seed))`` draws (:func:`step_noise`,
+drawn once for all rows). They do not follow the ODE trajectory of their initial noise,
+so their L2 distance to the ODE reference is not an error comparable with an ODE
+solver's. The column that compares all rows fairly is ``fd`` (``cfg.fd``): the Frechet
+distance of the samples to exact samples of the distribution the regime's denoiser
+defines (the data for "optimal", draws of the mixture for "gmm"), in the features of a
+small classifier trained on the data (:mod:`jaxdiff.frechet`; NOT Inception FID),
+reported with the converged reference's own FD (the floor at this sample count).
 """
 from __future__ import annotations
 
@@ -21,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 import jaxdiff
-from jaxdiff import denoisers, schedules
+from jaxdiff import denoisers, frechet, schedules
 from jaxinfra import datasets as data_lib
 
 # The reference code's recommended schedule per solver (diff-solvers README).
@@ -36,13 +47,35 @@ SOLVER_SETTINGS = {
     "unipc": ("logsnr", {}, {"max_order": 3, "variant": "bh2"}),
 }
 
+# EDM's stochastic sampler settings for ImageNet-64 (Karras et al. 2022, Table 5).
+EDM_CHURN = {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}
+# Stochastic rows: name -> (jaxdiff solver, schedule, schedule options, solver options),
+# on k-diffusion's usual Karras schedule (polynomial, rho 7).
+STOCHASTIC_SETTINGS = {
+    "euler_ancestral": ("euler_ancestral", "polynomial", {"rho": 7.0}, {}),
+    "dpmpp_2m_sde": ("dpmpp_2m_sde", "polynomial", {"rho": 7.0}, {}),
+    "heun_churn": ("heun", "polynomial", {"rho": 7.0}, EDM_CHURN),
+}
 
-def plan(solver: str, nfe: int):
+
+def row_settings(name: str):
+    """(jaxdiff solver, schedule, schedule options, solver options) of a benchmark row."""
+    if name in SOLVER_SETTINGS:
+        return (name,) + SOLVER_SETTINGS[name]
+    if name in STOCHASTIC_SETTINGS:
+        return STOCHASTIC_SETTINGS[name]
+    raise ValueError(f"unknown solver {name!r}; valid: "
+                     f"{sorted(SOLVER_SETTINGS) + sorted(STOCHASTIC_SETTINGS)}")
+
+
+def plan(name: str, nfe: int):
     """(num_steps, afs) giving exactly ``nfe`` calls; 2-call solvers use AFS at odd NFE."""
-    return jaxdiff.steps_for_nfe(solver, nfe, **SOLVER_SETTINGS[solver][2])
+    solver, _, _, opts = row_settings(name)
+    return jaxdiff.steps_for_nfe(solver, nfe, **opts)
 
 
-def load_images(cfg):
+def load_labelled_images(cfg):
+    """(data set name, images (N, H, W, C) float32 in [-1, 1], labels (N,) int)."""
     name = cfg.dataset
     if name == "auto":
         try:
@@ -50,18 +83,59 @@ def load_images(cfg):
             name = "fashion_mnist"
         except FileNotFoundError:
             name = "digits"
-    images, _ = data_lib.load(name, max_examples=cfg.max_examples or None)
-    return name, np.asarray(images, np.float32)
+    images, labels = data_lib.load(name, max_examples=cfg.max_examples or None)
+    return name, np.asarray(images, np.float32), np.asarray(labels)
+
+
+def load_images(cfg):
+    """(data set name, images (N, H, W, C) float32 in [-1, 1])."""
+    name, images, _ = load_labelled_images(cfg)
+    return name, images
+
+
+def regime_model(regime: str, images, cfg, *, with_samples: bool = False):
+    """The regime's exact denoiser, and with ``with_samples`` also exact samples of the
+    distribution it denoises, (N, H, W, C) float32 for N images: the images themselves
+    ("optimal"), or N draws of the fitted mixture ("gmm", key PRNGKey(cfg.seed))."""
+    flat = images.reshape(images.shape[0], -1)
+    if regime == "gmm":
+        gmm = denoisers.fit_gaussian_mixture(flat, cfg.gmm_components, seed=cfg.seed)
+        denoise = denoisers.gaussian_mixture(*gmm)
+        if not with_samples:
+            return denoise
+        draws = denoisers.sample_gaussian_mixture(gmm, jax.random.PRNGKey(cfg.seed),
+                                                  flat.shape[0])
+        return denoise, np.asarray(draws, np.float32).reshape(images.shape)
+    if regime == "optimal":
+        denoise = denoisers.optimal(flat, chunk=2048)
+        return (denoise, images) if with_samples else denoise
+    raise ValueError(f"unknown regime {regime!r}; valid: ('gmm', 'optimal')")
 
 
 def build_denoiser(regime: str, images, cfg):
-    flat = images.reshape(images.shape[0], -1)
-    if regime == "gmm":
-        return denoisers.gaussian_mixture(*denoisers.fit_gaussian_mixture(
-            flat, cfg.gmm_components, seed=cfg.seed))
-    if regime == "optimal":
-        return denoisers.optimal(flat, chunk=2048)
-    raise ValueError(f"unknown regime {regime!r}; valid: ('gmm', 'optimal')")
+    """The regime's exact denoiser (see :func:`regime_model`)."""
+    return regime_model(regime, images, cfg)
+
+
+def fd_scorer(classifier, target):
+    """``score(samples (B, H, W, C)) -> float``: the Frechet distance of samples to
+    ``target`` (M, H, W, C) in ``classifier``'s features (NOT Inception FID). Both sides
+    are clipped to [-1, 1]."""
+    stats = frechet.feature_stats(classifier, np.clip(np.asarray(target, np.float32), -1, 1))
+    return lambda samples: frechet.fd_of_samples(np.asarray(samples, np.float32),
+                                                 classifier, stats)
+
+
+def step_noise(seed: int, num_draws: int, shape, dtype=jnp.float32):
+    """Standard normal draws (num_draws,) + shape; slice i is
+    ``normal(fold_in(key(seed), i), shape)`` whatever ``num_draws`` is, so a row with n
+    timestamps takes the first n - 1 slices. With JAX's default partitionable threefry
+    (``split(key, m)[i] == fold_in(key, i)``) these are the draws of
+    ``jaxdiff.sample(..., key=jax.random.key(seed))`` (``jaxdiff.draw_noise``), made with
+    one compile for all rows instead of one per row."""
+    key = jax.random.key(seed)
+    draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape), dtype)
+    return jax.jit(jax.vmap(draw))(jnp.arange(int(num_draws)))
 
 
 AFS_MEANS = ("zero", "data", "denoiser")
@@ -94,41 +168,75 @@ def mean_l2(a, b):
     return float(jnp.mean(jnp.linalg.norm((a - b).reshape(a.shape[0], -1), axis=1)))
 
 
-def run_regime(regime, images, cfg, x_T, progress):
-    denoise = build_denoiser(regime, images, cfg)
+def run_row(denoise, x_T, name: str, nfe: int, cfg, noise=None):
+    """(samples (B, ...), row settings dict) of one benchmark row at one NFE.
+
+    A stochastic row with n timestamps takes ``noise[:n - 1]`` (:func:`step_noise`).
+    """
+    solver, sched, sched_kw, opts = row_settings(name)
+    n, afs = plan(name, nfe)
+    sigmas = schedules.get(sched, n, cfg.sigma_min, cfg.sigma_max, **sched_kw)
+    stochastic = name in STOCHASTIC_SETTINGS
+    draws = {"noise": noise[:n - 1]} if stochastic else {}
+    out = jaxdiff.sample(denoise, x_T, sigmas, solver=solver, afs=afs, **opts, **draws)
+    settings = {"num_steps": n, "afs": afs, "schedule": sched, "stochastic": stochastic}
+    if stochastic:
+        settings.update(jaxdiff_solver=solver, options=dict(opts), noise_seed=cfg.noise_seed)
+    return jax.block_until_ready(out), settings
+
+
+def row_nfes(cfg):
+    """(row name, NFE) of every row in order: ODE solvers at cfg.nfes, then stochastic
+    samplers at cfg.stochastic_nfes."""
+    return ([(s, n) for s in cfg.solvers for n in cfg.nfes]
+            + [(s, n) for s in cfg.stochastic for n in cfg.stochastic_nfes])
+
+
+def run_regime(regime, images, cfg, x_T, progress, classifier=None, noise=None):
+    """(rows, reference info, reference samples, {(row name, NFE): samples}) of a regime;
+    with a ``classifier`` every row and the reference get their ``fd``."""
+    denoise, target = regime_model(regime, images, cfg, with_samples=True)
+    score_fd = None if classifier is None else fd_scorer(classifier, target)
     t0 = time.perf_counter()
     reference, change = converged_reference(denoise, x_T, cfg.reference_steps,
                                             cfg.reference_solver, cfg.sigma_min, cfg.sigma_max)
     ref_info = {"solver": cfg.reference_solver, "num_steps": cfg.reference_steps,
                 "change_when_halved": change,
                 "seconds": time.perf_counter() - t0}
+    if score_fd is not None:
+        ref_info["fd"] = score_fd(reference)
     rows, finals = [], {}
-    for solver in cfg.solvers:
-        sched, sched_kw, opts = SOLVER_SETTINGS[solver]
-        for nfe in cfg.nfes:
-            n, afs = plan(solver, nfe)
-            sigmas = schedules.get(sched, n, cfg.sigma_min, cfg.sigma_max, **sched_kw)
-            t0 = time.perf_counter()
-            out = jax.block_until_ready(jaxdiff.sample(denoise, x_T, sigmas, solver=solver,
-                                                       afs=afs, **opts))
-            rows.append({"regime": regime, "solver": solver, "nfe": nfe, "num_steps": n,
-                         "afs": afs, "schedule": sched, "error": mean_l2(out, reference),
-                         "seconds_incl_compile": time.perf_counter() - t0})
-            finals[(solver, nfe)] = np.asarray(out)
-            progress.update(1)
+    for name, nfe in row_nfes(cfg):
+        t0 = time.perf_counter()
+        out, settings = run_row(denoise, x_T, name, nfe, cfg, noise)
+        row = {"regime": regime, "solver": name, "nfe": nfe, **settings,
+               "error": mean_l2(out, reference),
+               "seconds_incl_compile": time.perf_counter() - t0}
+        if score_fd is not None:
+            row["fd"] = score_fd(out)
+        rows.append(row)
+        finals[(name, nfe)] = np.asarray(out)
+        progress.update(1)
     return rows, ref_info, np.asarray(reference), finals
 
 
-def markdown_table(rows, nfes, solvers):
+STOCHASTIC_MARK = "†"
+
+
+def markdown_table(rows, nfes, solvers, key: str = "error"):
+    """Rows: solvers (stochastic ones marked †); columns: NFE; cells: ``row[key]`` (* = AFS,
+    – = not run)."""
     head = "| solver | " + " | ".join(str(n) for n in nfes) + " |\n"
     head += "|---|" + "---|" * len(nfes) + "\n"
     lines = []
     for s in solvers:
         cells = []
         for n in nfes:
-            r = next(r for r in rows if r["solver"] == s and r["nfe"] == n)
-            cells.append(f"{r['error']:.3g}" + ("*" if r["afs"] else ""))
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+            r = next((r for r in rows if r["solver"] == s and r["nfe"] == n), None)
+            cells.append("–" if r is None else f"{r[key]:.3g}" + ("*" if r["afs"] else ""))
+        mark = f" {STOCHASTIC_MARK}" if any(r.get("stochastic") for r in rows
+                                            if r["solver"] == s) else ""
+        lines.append(f"| {s}{mark} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -166,6 +274,9 @@ def plot_samples(finals, reference, image_shape, solvers, nfes, path, per_cell=4
     for i, s in enumerate(solvers):
         for j, n in enumerate(list(nfes) + ["ref"]):
             ax = axes[i, j]
+            if n != "ref" and (s, n) not in finals:
+                ax.axis("off")
+                continue
             ax.imshow(tile(reference if n == "ref" else finals[(s, n)]), cmap="gray",
                       vmin=-1, vmax=1)
             ax.set_xticks([])
@@ -179,47 +290,96 @@ def plot_samples(finals, reference, image_shape, solvers, nfes, path, per_cell=4
     plt.close(fig)
 
 
-def run(cfg, workdir: str) -> dict:
-    """Runs the benchmark, writes its files to ``workdir`` and returns the results dict."""
+def check_config(cfg) -> None:
+    """ValueError naming the bad value (and the accepted ones) before any work is done."""
     unknown = sorted(set(cfg.solvers) - set(SOLVER_SETTINGS))
     if unknown:
         raise ValueError(f"unknown solver(s) {unknown}; valid: {sorted(SOLVER_SETTINGS)}")
+    unknown = sorted(set(cfg.stochastic) - set(STOCHASTIC_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown stochastic sampler(s) {unknown}; valid: "
+                         f"{sorted(STOCHASTIC_SETTINGS)}")
+    extra = sorted(set(cfg.stochastic_nfes) - set(cfg.nfes))
+    if extra:
+        raise ValueError(f"stochastic_nfes {extra} are not in nfes {list(cfg.nfes)}")
     for regime in cfg.regimes:
         if regime not in ("gmm", "optimal"):
             raise ValueError(f"unknown regime {regime!r}; valid: ('gmm', 'optimal')")
-    for s in cfg.solvers:
-        for n in cfg.nfes:
-            plan(s, n)
+    for s, n in row_nfes(cfg):
+        plan(s, n)
+
+
+STOCHASTIC_NOTE = (
+    f"{STOCHASTIC_MARK} stochastic sampler (step noise of key=jax.random.key({{seed}})): "
+    "it adds fresh noise at every step, so it does not follow the ODE trajectory of its "
+    "initial noise and its distance to the ODE reference is NOT an error comparable with "
+    "the ODE solvers' rows. Compare all rows by the Frechet distance{where}.")
+
+
+def write_markdown(path: str, results: dict, cfg) -> None:
+    """results.md: per regime, the L2 table and (with cfg.fd) the Frechet-distance table."""
+    name, n = results["dataset"], cfg.num_samples
+    where = " table below" if cfg.fd else " (cfg.fd, off in this run)"
+    with open(path, "w") as f:
+        for regime, res in results["regimes"].items():
+            ref = res["reference"]
+            f.write(f"### {name}, {regime} denoiser: mean L2 error to the reference "
+                    f"({n} samples; * = AFS)\n\n{res['table']}\n"
+                    f"Reference: {ref['solver']} with {ref['num_steps']} timestamps; its change "
+                    f"when the steps are halved: {ref['change_when_halved']:.2e}.\n\n")
+            if cfg.stochastic:
+                f.write(STOCHASTIC_NOTE.format(seed=cfg.noise_seed, where=where) + "\n\n")
+            if "fd_table" in res:
+                target = "the data" if regime == "optimal" else "exact draws of the mixture"
+                f.write(f"### {name}, {regime} denoiser: Frechet distance to {target} in the "
+                        f"features of a classifier trained on the data (NOT Inception FID; "
+                        f"{n} samples; lower is better)\n\n{res['fd_table']}\nThe converged "
+                        f"ODE reference's own FD (the floor at {n} samples): {ref['fd']:.3g}. "
+                        f"Classifier training accuracy: {results['fd_classifier_accuracy']:.3f}."
+                        f"\n\n")
+
+
+def run(cfg, workdir: str) -> dict:
+    """Runs the benchmark, writes its files to ``workdir`` and returns the results dict."""
+    check_config(cfg)
     os.makedirs(workdir, exist_ok=True)
     dtype = jnp.float64 if cfg.float64 else jnp.float32
-    name, images = load_images(cfg)
+    name, images, labels = load_labelled_images(cfg)
     x_T = cfg.sigma_max * jax.random.normal(jax.random.PRNGKey(cfg.seed),
                                             (cfg.num_samples,) + images.shape[1:], dtype)
     results = {"dataset": name, "num_images": int(images.shape[0]),
                "image_shape": list(images.shape[1:]), "num_samples": cfg.num_samples,
                "device": str(jax.devices()[0].device_kind), "regimes": {}}
-    total = len(cfg.regimes) * len(cfg.solvers) * len(cfg.nfes)
-    with tqdm(total=total, desc="solver benchmark", unit="run") as progress, \
+    classifier = None
+    if cfg.fd:
+        classifier = frechet.train_classifier(images, labels, **dict(cfg.fd_classifier))
+        results["fd_classifier"] = dict(cfg.fd_classifier)
+        results["fd_classifier_accuracy"] = frechet.accuracy(classifier, images, labels)
+    noise = None
+    if cfg.stochastic:
+        most = max(plan(s, n)[0] for s in cfg.stochastic for n in cfg.stochastic_nfes)
+        noise = step_noise(cfg.noise_seed, most - 1, x_T.shape, dtype)
+    names = tuple(cfg.solvers) + tuple(cfg.stochastic)
+    with tqdm(total=len(cfg.regimes) * len(row_nfes(cfg)), desc="solver benchmark",
+              unit="run") as progress, \
             open(os.path.join(workdir, "metrics.jsonl"), "w") as metrics:
         for regime in cfg.regimes:
-            rows, ref_info, reference, finals = run_regime(regime, images, cfg, x_T, progress)
+            rows, ref_info, reference, finals = run_regime(regime, images, cfg, x_T, progress,
+                                                           classifier, noise)
             for r in rows:
                 metrics.write(json.dumps(r) + "\n")
-            table = markdown_table(rows, cfg.nfes, cfg.solvers)
-            results["regimes"][regime] = {"reference": ref_info, "rows": rows, "table": table}
+            res = {"reference": ref_info, "rows": rows,
+                   "table": markdown_table(rows, cfg.nfes, names)}
+            if classifier is not None:
+                res["fd_table"] = markdown_table(rows, cfg.nfes, names, key="fd")
+            results["regimes"][regime] = res
             plot_errors(rows, cfg.solvers, os.path.join(workdir, f"error_vs_nfe_{regime}.png"),
                         f"{name}, {regime} denoiser")
-            plot_samples(finals, reference, images.shape[1:], cfg.solvers, cfg.nfes,
+            plot_samples(finals, reference, images.shape[1:], names, cfg.nfes,
                          os.path.join(workdir, f"samples_{regime}.png"))
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        for regime, res in results["regimes"].items():
-            ref = res["reference"]
-            f.write(f"### {name}, {regime} denoiser: mean L2 error to the reference "
-                    f"({cfg.num_samples} samples; * = AFS)\n\n{res['table']}\n"
-                    f"Reference: {ref['solver']} with {ref['num_steps']} timestamps; its change "
-                    f"when the steps are halved: {ref['change_when_halved']:.2e}.\n\n")
+    write_markdown(os.path.join(workdir, "results.md"), results, cfg)
     return results
 
 

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from denoiser_probes import counting
 
 import jaxdiff
 from jaxdiff import amed, schedules
@@ -51,15 +52,8 @@ def test_neutral_solver_is_dpm_solver_2(denoise, base):
 
 
 def test_nfe_counts_real_calls(denoise):
-    calls = []
-
-    def counted(x, sigma):
-        if not isinstance(x, jax.core.Tracer):
-            calls.append(1)
-        return denoise(x, sigma)
-
     for afs in (False, True):
-        calls.clear()
+        counted, calls = counting(denoise)
         with jax.disable_jit():
             jaxdiff.sample(counted, jnp.ones((2, 4)), schedules.get("polynomial", 4),
                            solver="ipndm", amed=_neutral("ipndm", 4, afs))

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import gmm_denoiser
+from denoiser_probes import counting, tracing
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -47,14 +49,7 @@ def test_vmap_over_trajectories_equals_a_loop(denoise, x_T, solver):
 
 
 def test_no_retrace_when_only_sigma_values_change(gmm):
-    from conftest import gmm_denoiser
-    inner = gmm_denoiser(*gmm)
-    traces = []
-
-    def counted(x, sigma):
-        traces.append(1)          # runs at trace time only
-        return inner(x, sigma)
-
+    counted, traces = tracing(gmm_denoiser(*gmm))
     x = jnp.ones((2, 4))
     jaxdiff.sample(counted, x, jaxdiff.schedules.get("polynomial", 7), solver="dpm2", afs=True)
     first = len(traces)
@@ -65,21 +60,11 @@ def test_no_retrace_when_only_sigma_values_change(gmm):
     assert len(traces) == first
 
 
-def _counting(denoise):
-    calls = []
-
-    def counted(x, sigma):
-        if not isinstance(x, jax.core.Tracer):   # skip sample()'s eval_shape shape check
-            calls.append(1)
-        return denoise(x, sigma)
-    return counted, calls
-
-
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
 @pytest.mark.parametrize("afs", [False, True])
 def test_nfe_counts_real_calls(denoise, solver, afs):
     for n in (2, 3, 6):
-        counted, calls = _counting(denoise)
+        counted, calls = counting(denoise)
         with jax.disable_jit():      # eager: every call runs the Python body
             jaxdiff.sample(counted, jnp.ones((1, 4)), jaxdiff.schedules.get("polynomial", n),
                            solver=solver, afs=afs)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import reference_solvers as ref
 from conftest import gmm_denoiser, make_gmm
+from denoiser_probes import counting, tracing
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -232,13 +233,7 @@ def test_same_key_same_samples_on_1_and_4_devices(denoise, x_T, solver):
 
 
 def test_new_key_or_noise_values_do_not_retrace(gmm):
-    inner = gmm_denoiser(*gmm)
-    traces = []
-
-    def counted(x, sigma):
-        traces.append(1)          # runs at trace time only
-        return inner(x, sigma)
-
+    counted, traces = tracing(gmm_denoiser(*gmm))
     x = jnp.ones((2, 4))
     run = lambda **kw: jaxdiff.sample(counted, x, SIGMAS, solver="dpmpp_2m_sde", **kw)
     run(key=KEY)
@@ -275,27 +270,29 @@ def test_bfloat16_state_and_draws():
 # --------------------------------------------------------------------------- NFE
 
 
-def _counting(denoise):
-    calls = []
-
-    def counted(x, sigma):
-        if not isinstance(x, jax.core.Tracer):   # skip sample()'s eval_shape shape check
-            calls.append(1)
-        return denoise(x, sigma)
-    return counted, calls
-
-
 @pytest.mark.parametrize("solver,opts,per_step", [
     ("euler_ancestral", {}, 1), ("dpmpp_2m_sde", {}, 1), ("euler", {"s_churn": 1.0}, 1),
     ("heun", {"s_churn": 1.0}, 2)], ids=ids)
 @pytest.mark.parametrize("afs", [False, True])
 def test_nfe_counts_real_calls(denoise, solver, opts, per_step, afs):
     for n in (2, 5):
-        counted, calls = _counting(denoise)
+        counted, calls = counting(denoise)
         with jax.disable_jit():
             jaxdiff.sample(counted, jnp.ones((1, 4)), jaxdiff.schedules.get("polynomial", n),
                            solver=solver, afs=afs, key=KEY, **opts)
         assert len(calls) == jaxdiff.nfe(solver, n, afs=afs, **opts) == per_step * (n - 1) - afs
+
+
+def test_steps_for_nfe():
+    """One call per step (no AFS needed); churned Heun plans as Heun (AFS at odd NFE)."""
+    for solver in ("euler_ancestral", "dpmpp_2m_sde"):
+        assert [jaxdiff.steps_for_nfe(solver, k) for k in (1, 5, 10)] == [
+            (2, False), (6, False), (11, False)]
+    churn = {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0}
+    for k in (1, 5, 6, 10):
+        assert jaxdiff.steps_for_nfe("heun", k, **churn) == jaxdiff.steps_for_nfe("heun", k)
+    assert jaxdiff.steps_for_nfe("heun", 5, **churn) == (4, True)
+    assert jaxdiff.steps_for_nfe("euler", 5, s_churn=1.0) == (6, False)
 
 
 # ------------------------------------------------------------------------ errors

@@ -21,6 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.tree_util import Partial  # noqa: E402
 
+import jaxdiff  # noqa: E402
 from jaxdiff import wrappers  # noqa: E402
 
 T = 1000
@@ -96,3 +97,46 @@ def test_vp_wrappers_match_kdiffusion(external, kind, quantize):
     with torch.no_grad():
         s_ref = ref_model.t_to_sigma(torch.from_numpy(t_grid)).numpy()
     np.testing.assert_allclose(wrappers.vp_t_to_sigma(t_grid, ALPHAS), s_ref, rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def kds(external):
+    from benchmarks import kdiffusion_vs_jaxdiff as bench
+    return bench.load_kdiffusion_sampling()[0]
+
+
+# (k-diffusion sampler, jaxdiff solver, options, wrapper kind): each stochastic sampler once.
+WRAPPED_STOCHASTIC = [
+    ("sample_euler_ancestral", "euler_ancestral", {"eta": 0.8}, "eps"),
+    ("sample_dpmpp_2m_sde", "dpmpp_2m_sde", {}, "v"),
+    ("sample_heun", "heun", {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0,
+                             "s_noise": 1.003}, "eps"),
+]
+
+
+@pytest.mark.parametrize("sampler,solver,opts,kind", WRAPPED_STOCHASTIC,
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_wrapped_model_sampled_stochastically_matches_kdiffusion(external, kds, sampler,
+                                                                  solver, opts, kind):
+    """The whole pipeline, wrapper and stochastic sampler, given the same draws (slice i at
+    step i) in float64: k-diffusion's Discrete*DDPMDenoiser + sample_* against
+    wrappers.vp_* + jaxdiff.sample(noise=...), to 1e-9 relative."""
+    from benchmarks import kdiffusion_vs_jaxdiff as bench
+
+    w, b, c = _model(seed=3)
+    params = (np.eye(5) + 0.1 * w, b, 0.1 * c)    # eps ~ x_in: data near 0, bounded runs
+    cls = external.DiscreteEpsDDPMDenoiser if kind == "eps" else external.DiscreteVDDPMDenoiser
+    ref_model = cls(_torch_net(params), torch.from_numpy(ALPHAS), quantize=False)
+    make = wrappers.vp_eps if kind == "eps" else wrappers.vp_v
+    den = make(Partial(_jax_net, tuple(jnp.asarray(p) for p in params)), ALPHAS)
+    sigmas = np.asarray(jaxdiff.schedules.get("polynomial", 9, sigma_min=0.05,
+                                              sigma_max=80.0), np.float64)
+    rng = np.random.default_rng(4)
+    x0 = rng.normal(size=(4, 5)) * sigmas[0]
+    noise = rng.standard_normal((sigmas.size - 1,) + x0.shape)
+    want = bench.run_kdiffusion(kds, sampler, ref_model, x0, sigmas, noise, opts)
+    got = np.asarray(jaxdiff.sample(den, jnp.asarray(x0), jnp.asarray(sigmas), solver=solver,
+                                    noise=jnp.asarray(noise), **opts))
+    assert got.dtype == want.dtype == np.float64 and np.all(np.isfinite(want))
+    rel = np.max(np.abs(got - want)) / np.max(np.abs(want))
+    assert rel < 1e-9, rel
