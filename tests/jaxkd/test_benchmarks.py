@@ -80,3 +80,119 @@ def test_cpu_figures_and_versions():
     assert frac is not None and 0.0 <= frac <= 1.0
     assert timing.others_busy_fraction(None, start) is None
     assert timing.package_version("numpy") and timing.package_version("no-such-dist") is None
+
+
+# benchmarks/kd_fashion.py: the rows of the distillation table (issue 15).
+
+def _kd_fashion():
+    from benchmarks import kd_fashion
+    return kd_fashion
+
+
+@pytest.mark.parametrize("option", ["fashion", "fashion_full"])
+def test_kd_fashion_rows_build_their_configs(option):
+    from jaxkd import methods
+    kdf = _kd_fashion()
+    assert option in kdf.OPTIONS and set(kdf.DEFAULT_ROWS[option]) <= set(kdf.ROWS)
+    assert {"kd_w11", "dskd_deep0", "camkd_noscale"} <= set(kdf.ROWS)
+    student = {"num_epochs": 2, "optim.milestones": (1,), "max_train": 640}
+    for row, (module, overrides) in kdf.ROWS.items():
+        c = kdf.row_config(row, option, 1, student)
+        defaults = methods.get(module).defaults
+        assert c.method.name == module and c.seed == 1 and c.dataset == "fashion_mnist"
+        assert (c.num_epochs, tuple(c.optim.milestones), c.max_train) == (2, (1,), 640)
+        assert all(k.startswith("method.") and k[7:] in defaults for k in overrides), row
+        for k, v in defaults.items():          # the row's overrides, else the defaults
+            assert c.method[k] == overrides.get(f"method.{k}", v), (row, k)
+        if methods.get(module).teachers == 1:
+            assert c.teacher.workdirs == (f"runs/kd_{option}/teacher_s1",)
+    rows = {r: kdf.row_config(r, option, 0) for r in ("kd_w11", "dskd_deep0", "camkd_noscale")}
+    assert (rows["kd_w11"].method.ce_weight, rows["kd_w11"].method.kd_weight) == (1.0, 1.0)
+    assert rows["dskd_deep0"].method.deep_weight == 0.0
+    assert rows["camkd_noscale"].method.scale_by_k is False
+    t = kdf.row_config("teacher", option, 2)
+    assert t.student == "resnet20" and t.seed == 2 and t.method.name == "ce"
+    assert kdf._images(t) == ((6000, 2000) if option == "fashion" else (60000, 10000))
+
+
+def test_kd_fashion_misspelt_override_is_one_line_error(monkeypatch, tmp_path):
+    kdf = _kd_fashion()
+    monkeypatch.setitem(kdf.ROWS, "kd_typo", ("kd", {"method.kd_wieght": 1.0}))
+    with pytest.raises(ValueError) as err:
+        kdf.row_config("kd_typo", "fashion_full", 0)
+    msg = str(err.value)
+    assert "\n" not in msg and "'kd_typo'" in msg and "'method.kd_wieght'" in msg
+    assert "method.ce_weight, method.kd_weight, method.temperature" in msg
+    monkeypatch.setitem(kdf.ROWS, "lr_typo", ("ce", {"optim.lrr": 0.1}))
+    with pytest.raises(ValueError, match=r"row 'lr_typo'.*'optim.lrr'.*optim.lr,"):
+        kdf.row_config("lr_typo", "fashion", 0)
+    with pytest.raises(ValueError, match="unknown row 'nope'"):
+        kdf.row_config("nope", "fashion", 0)
+    # main checks every row before any work (nothing is created under the workdir)
+    with pytest.raises(ValueError, match="kd_typo"):
+        kdf.main(["--option=fashion_full", "--rows=ce,kd_typo", f"--workdir={tmp_path}/s",
+                  f"--teacher_root={tmp_path}/t"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_kd_fashion_dry_run_lists_every_run(tmp_path, capsys):
+    kdf = _kd_fashion()
+    kdf.main(["--option=fashion_full", "--dry_run", "--student_max_train=640",
+              f"--workdir={tmp_path}/s", f"--teacher_root={tmp_path}/t",
+              "--steps_per_sec=10,teacher=20,camkd=1"])
+    out = capsys.readouterr().out
+    for r in kdf.ROWS:
+        assert f"{r}_s2 " in out
+    assert "'method.scale_by_k': False" in out and "kd.py:fashion_full,seed=1" in out
+    assert "6 ep x 10 steps (640/10000 images)" in out
+    # 3 teachers x 6 epochs x 937 steps; 12 rows x 3 seeds x 6 epochs x 10 steps, each
+    # run + 20 s compilation + 6 x 7 s evaluation; camkd at 1 step/s, the rest at 10
+    assert "teachers 16866, students 2160; " in out
+    teachers = (16866 / 20 + 3 * 62) / 60
+    students = (1980 / 10 + 180 / 1 + 36 * 62) / 60
+    assert f"about {teachers:.0f} + {students:.0f} min" in out
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="unknown row 'kdd'"):
+        kdf.steps_per_sec_table("kdd=3")
+    assert kdf.steps_per_sec_table("")["dskd"] == kdf.MEASURED_STEPS_PER_SEC["dskd"]
+
+
+def _fake_results(kdf):
+    acc = lambda m: {"mean": m, "std": 0.5, "values": [m - 0.5, m, m + 0.5]}  # noqa: E731
+    rows = ("ce", "kd", "kd_w11", "camkd_noscale")
+    return {
+        "budget": {"option": "fashion_full", "dataset": "fashion_mnist", "train_images": 10000,
+                   "test_images": 10000, "teacher_train_images": 60000, "teacher": "resnet20",
+                   "teacher_epochs": 6, "student": "resnet8", "student_epochs": 6,
+                   "batch_size": 64, "lr": 0.05, "student_milestones": [4, 5],
+                   "teacher_milestones": [4, 5], "hardware": "2 CPU cores",
+                   "teacher_run_seconds": 4500.0, "student_run_seconds": 6000.0},
+        "rows": {r: {"config": f"configs/kd/{kdf.ROWS[r][0]}.py:fashion_full,seed=<s>",
+                     "overrides": dict(kdf.ROWS[r][1])} for r in rows},
+        "seeds": [0, 1, 2],
+        "table_percent": {r: {"num_seeds": 3, "best": acc(80.0 + i), "last": acc(79.0 + i),
+                              "seconds": 500.0} for i, r in enumerate(("teacher",) + rows)},
+        "paper_cifar100_percent": kdf.PAPER_CIFAR100}
+
+
+def test_kd_fashion_render_shows_variant_rows_and_overrides():
+    kdf = _kd_fashion()
+    lines = kdf.render(_fake_results(kdf)).splitlines()
+    assert lines[0].startswith("| method | overrides | seeds |")
+    assert len({line.count("|") for line in lines[:6]}) == 1          # one column count
+    row = {line.split(" | ")[0][2:]: line for line in lines[2:7]}
+    assert "| ce_weight=1.0, kd_weight=1.0 | 3 | 83.00 +- 0.50 |" in row["KD, weights 1/1"]
+    assert row["KD, weights 1/1"].endswith("| n/a |")      # the paper ran the defaults only
+    assert row["KD"].endswith("| 73.33 |") and "| - | 3 |" in row["KD"]
+    assert "| scale_by_k=False |" in row["CA-MKD, no 1/K scaling"]
+    assert ("teachers on 60000, students on the first 10000 training images, 10000 test "
+            "images; teacher resnet20 6 epochs (lr x0.1 after epoch 4, 5)") in lines[-1]
+
+
+@pytest.mark.parametrize("name", ["kd_fashion", "kd_fashion_e3"])
+def test_kd_fashion_published_results_render_as_before(name):
+    import json
+    kdf = _kd_fashion()
+    results = ROOT / "benchmarks" / "results"
+    out = json.loads((results / f"{name}.json").read_text())
+    assert kdf.render(out) + "\n" == (results / f"{name}.md").read_text()
