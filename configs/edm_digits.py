@@ -12,7 +12,8 @@ at ipndm NFE 5 (benchmarks/results/edm_digits.json). The Frechet distance uses t
 features of a small classifier trained on digits, NOT Inception.
 
 Options (comma-separated after the colon):
-  tiny:  a few steps of a tiny model (tests, smoke runs; seconds).
+  tiny:  a few steps of a tiny model on one device (tests, smoke runs; seconds; add
+         --config.num_devices=0 for every device of every process).
   cond:  class-conditional (10 classes, label dropout 0.1; label 10 = unconditional).
   wide:  a quarter of each batch at log-uniform sigma over [0.002, 80] (EDM's log-normal
          puts ~0.2% of its sigmas above 10, where sampling starts): the same cost, a
@@ -51,8 +52,9 @@ def get_config(arg=None):
     # log-uniformly over [sigma_min, sigma_max] instead (":wide": 0.25).
     c.loss = ml_collections.ConfigDict({"p_mean": -1.2, "p_std": 1.2, "uniform_fraction": 0.0,
                                         "sigma_min": 0.002, "sigma_max": 80.0})
-    c.batch_size = 128
+    c.batch_size = 128                 # the global batch, split over the devices
     c.num_steps = 2000
+    c.num_devices = 0                  # 0: every device of every process (data parallel)
     c.optim = ml_collections.ConfigDict({
         "lr": 2e-3, "warmup_steps": 200, "schedule": "cosine", "b1": 0.9, "b2": 0.999,
         "eps": 1e-8, "grad_clip": 1.0})
@@ -88,6 +90,7 @@ def get_config(arg=None):
         c.model.num_res_blocks = 1
         c.batch_size = 16
         c.num_steps = 4
+        c.num_devices = 1              # the smallest compile
         c.optim.warmup_steps = 1
         c.optim.schedule = "constant"
         c.log_every = 2

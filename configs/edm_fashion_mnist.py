@@ -20,7 +20,7 @@ Options (comma-separated after the colon):
   wide:  a quarter of each batch at log-uniform sigma over [0.002, 80] instead of EDM's
          log-normal (more training at the high sigmas that sampling visits first); the
          same steps and cost. e.g. --config=configs/edm_fashion_mnist.py:cpu,wide
-  tiny:  a few steps of a tiny model (tests, smoke runs).
+  tiny:  a few steps of a tiny model on one device (tests, smoke runs).
 e.g. --config=configs/edm_fashion_mnist.py:cpu
 The Frechet distance is computed in the feature space of a small classifier trained on
 Fashion-MNIST, NOT Inception.

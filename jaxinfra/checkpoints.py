@@ -79,13 +79,31 @@ def manager(workdir: str, *, subdir: str = DEFAULT_SUBDIR, save_every: int = 0,
                                  options=options)
 
 
-def _non_finite_leaf(tree):
-    """The path of the first floating leaf holding NaN or inf, else None."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        arr = np.asarray(jax.device_get(leaf))
+def _finite_here(leaf) -> bool:
+    """Whether the part of ``leaf`` this process checks is free of NaN and inf: every
+    shard it holds as replica 0 (each shard of a sharded or replicated ``jax.Array`` is
+    checked once, by one process, and never gathered); a host array whole."""
+    shards = getattr(leaf, "addressable_shards", None)
+    parts = [leaf] if shards is None else [s.data for s in shards if s.replica_id == 0]
+    for part in parts:
+        arr = np.asarray(part)
         if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
-            return jax.tree_util.keystr(path) or "<root>"
-    return None
+            return False
+    return True
+
+
+def _non_finite_leaf(tree):
+    """The path of the first floating leaf holding NaN or inf, else None. With several
+    processes each checks its shards and all agree (every process must call it): a leaf
+    found on another process is named " (a leaf on another process)"."""
+    bad = None
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not _finite_here(leaf):
+            bad = jax.tree_util.keystr(path) or "<root>"
+            break
+    if distributed.all_true(bad is None):
+        return None
+    return bad or " (a leaf on another process)"
 
 
 def _step_dir(mngr, step: int) -> str:

@@ -9,9 +9,9 @@ Every job started through :func:`jaxinfra.cli.run_job` accepts
         pod slices, SLURM, Open MPI).
 
 Without them (or with ``--num_processes=1``) nothing is started and a job runs as before.
-Only jobs written for several processes (``run_job(..., multi_process=True)``: jaxkd.train)
-accept more than one; the others refuse with a one-line error rather than run N
-independent copies into one workdir.
+Only jobs written for several processes (``run_job(..., multi_process=True)``: jaxkd.train,
+jaxdiff.train, jaxgraph.kge) accept more than one; the others refuse with a one-line error
+rather than run N independent copies into one workdir.
 The runtime is started before any JAX backend is created. On CPU, cross-process
 collectives need an implementation: JAX 0.10 accepts ``gloo``, ``mpi`` and ``megascale``
 for ``jax_cpu_collectives_implementation`` and defaults to ``gloo``; when it is unset

@@ -15,9 +15,12 @@ topology). Which rows a process feeds is read from the sharding itself
 (:func:`local_rows`), so any order works. Batches are made so that results do not
 depend on the number of processes:
 
-    perm = <one permutation of the n examples per (seed, epoch)>   # same on every process
+    perm = epoch_permutation(seed, epoch, n)                        # same on every process
     idx = batch_indices(perm, step_in_epoch, batch_size)            # the global batch
     x, y = global_batch(mesh_lib.sharded(mesh), (images, labels), idx)
+
+or, for updates ``start`` .. ``end - 1`` of a run (epochs of ``n // batch_size`` updates),
+``for i, idx in step_batches(seed, n, batch_size, start, end): ...``.
 
 :func:`global_batch` reads only this process's rows of ``idx`` (:func:`local_rows`) and
 assembles the global array with ``jax.make_array_from_process_local_data``; on one
@@ -33,7 +36,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 __all__ = ["mesh_1d", "mesh_2d", "mesh_devices", "replicated", "sharded",
-           "process_batch_slice", "local_rows", "batch_indices", "global_batch"]
+           "process_batch_slice", "local_rows", "epoch_permutation", "batch_indices",
+           "steps_per_epoch", "step_batches", "global_batch"]
 
 
 def mesh_devices(num_devices: int = 0) -> list:
@@ -158,6 +162,17 @@ def local_rows(sharding: jax.sharding.Sharding, global_batch: int) -> np.ndarray
     return np.array(sorted(rows), np.int64)
 
 
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the n training examples in (0-indexed) ``epoch``.
+
+    Returns:
+      (n,) int64, a permutation of 0..n-1 that is a function of (seed, epoch) only (numpy's
+      PCG64 seeded with ``[seed, epoch]``): every process draws the same one, and a
+      resumed run sees the batches of an uninterrupted one.
+    """
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(int(n))
+
+
 def batch_indices(perm, step_in_epoch: int, batch_size: int) -> np.ndarray:
     """The example indices of batch ``step_in_epoch`` of an epoch ordered by ``perm``.
 
@@ -177,6 +192,37 @@ def batch_indices(perm, step_in_epoch: int, batch_size: int) -> np.ndarray:
         raise ValueError(f"batch {step_in_epoch} of size {batch_size} needs {hi} examples; "
                          f"the epoch has {len(perm)}")
     return np.asarray(perm[lo:hi])
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """S = N // B: the updates of an epoch (the incomplete last batch is dropped).
+
+    Raises:
+      ValueError: B > N (an epoch would have no batch).
+    """
+    n, b = int(num_examples), int(batch_size)
+    if not 1 <= b <= n:
+        raise ValueError(f"batch size {b} does not fit the {n} training examples (an epoch "
+                         f"would have no batch); accepted: 1 to {n}")
+    return n // b
+
+
+def step_batches(seed: int, num_examples: int, batch_size: int, start: int, end: int):
+    """The global batches of updates ``start`` .. ``end - 1`` (0-indexed) of a run.
+
+    Update i trains on batch ``i mod S`` of epoch ``i // S`` (S = :func:`steps_per_epoch`),
+    cut from that epoch's :func:`epoch_permutation`: a function of (seed, i) only.
+
+    Yields:
+      ``(i, idx)`` with idx (B,) int64 example indices.
+    """
+    spe = steps_per_epoch(num_examples, batch_size)
+    epoch, perm = -1, None
+    for i in range(int(start), int(end)):
+        if i // spe != epoch:
+            epoch = i // spe
+            perm = epoch_permutation(seed, epoch, num_examples)
+        yield i, batch_indices(perm, i % spe, batch_size)
 
 
 def global_batch(sharding: jax.sharding.Sharding, data, indices):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinfra import datasets
+from jaxinfra.mesh import epoch_permutation  # re-exported: the batch order of jaxkd.train
 
 __all__ = ["Dataset", "STATS", "DATASETS", "load", "normalize", "augment",
            "epoch_permutation"]
@@ -155,8 +156,3 @@ def augment(key, images, *, pad: int = 4, flip: bool = True, fill: tuple = (0.0,
         out = jnp.where(do[:, None, None, None], out[:, :, ::-1, :], out)
     return out
 
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The order of the n training examples in (0-indexed) ``epoch``: a function of
-    (seed, epoch) only, so a resumed run sees the same batches."""
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)

@@ -801,15 +801,10 @@ def _train(config, workdir, mngr, best_mngr, asked, extend, stop_at_step, teache
 
     t0 = time.perf_counter()
     acc, last, t_log = [], {}, time.perf_counter()
-    perm_epoch, perm = -1, None
     with MetricsLog(workdir, start_step=start) as log, \
             tqdm(total=end, initial=start, desc=f"{config.method.name}", unit="step",
                  disable=not config.progress or not distributed.is_main_process()) as bar:
-        for step in range(start, end):
-            epoch0 = step // spe
-            if epoch0 != perm_epoch:
-                perm_epoch, perm = epoch0, data_lib.epoch_permutation(config.seed, epoch0, n)
-            idx = mesh_lib.batch_indices(perm, step % spe, bsz)
+        for step, idx in mesh_lib.step_batches(int(config.seed), n, bsz, start, end):
             x, y = mesh_lib.global_batch(batch_sh, (train.images, train.labels), idx)
             state, metrics = train_step(state, t_vars, x, y, key, cfg=cfg)
             acc.append(metrics)

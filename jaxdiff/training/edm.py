@@ -15,12 +15,26 @@ Writes to ``workdir``:
                        appended to on resume (steps logged after the last checkpoint of
                        an interrupted run appear twice).
   tb/                  TensorBoard event files (tensorboardX).
-  samples/step_*.png   EMA sample grids every ``sample_every`` steps and at the end.
+  samples/step_*.png   EMA sample grids every ``sample.every`` steps and at the end
+                       (process 0 samples them on its first device).
 
-Re-running with the same ``workdir`` resumes from the latest checkpoint. A step's batch
-indices and noise depend only on (seed, step), so an interrupted and resumed run ends with
-bitwise the same parameters as an uninterrupted one (on the same machine and software).
-Batches are drawn with replacement, uniformly over the data set, every step.
+Batches: an epoch is one permutation of the N training images per (seed, epoch)
+(:func:`jaxinfra.mesh.epoch_permutation`) cut into S = N // B batches (the incomplete last
+one dropped); update s (1-based) trains on batch (s - 1) mod S of epoch (s - 1) // S. Its
+noise levels and noise are drawn for the whole batch from ``fold_in(key, s - 1)``. So
+every update depends only on (seed, step): an interrupted and resumed run ends with bitwise
+the same parameters as an uninterrupted one (on the same machine, software and device
+layout).
+
+Data parallel, on one or several processes (:mod:`jaxinfra.distributed`): the batch is
+sharded over a 1-D mesh of ``config.num_devices`` devices (axis "data"; 0: every device of
+every process, :func:`jaxinfra.mesh.mesh_1d`); parameters, EMA and Adam state are
+replicated. Each process reads only its rows of every batch and the global array is
+assembled from them (:func:`jaxinfra.mesh.global_batch`). The loss is a global-batch
+mean and the random draws do not depend on the sharding (partitionable threefry), so a
+run computes the same numbers on any number of processes and devices, to the float32
+rounding of the gradient sums. Only process 0 writes metrics, TensorBoard events and
+sample grids; every process takes part in the checkpoint saves.
 """
 from __future__ import annotations
 
@@ -39,14 +53,17 @@ from jax.flatten_util import ravel_pytree
 import jaxdiff
 from jaxdiff import schedules
 from jaxdiff.models import unet
-from jaxinfra import checkpoints, config_checks, finite
+from jaxinfra import checkpoints, config_checks, distributed, finite
 from jaxinfra import datasets as data_lib
 from jaxinfra import images as images_lib
+from jaxinfra import mesh as mesh_lib
 from jaxinfra.metrics import MetricsLog
 
 __all__ = ["TrainState", "LossConfig", "edm_loss", "make_model", "make_optimizer",
            "train_step", "load_data", "load_checkpoint", "sample_images", "save_grid",
-           "train_and_evaluate"]
+           "train_and_evaluate", "make_mesh", "DATA_AXIS"]
+
+DATA_AXIS = "data"     # the mesh axis the batch is sharded over (jaxinfra.mesh.mesh_1d)
 
 
 class TrainState(struct.PyTreeNode):
@@ -64,28 +81,34 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
 
     @classmethod
-    def create(cls, params, tx: optax.GradientTransformation) -> "TrainState":
-        """Step 0, EMA = params, fresh optimizer state, placed on the default device.
+    def create(cls, params, tx: optax.GradientTransformation,
+               sharding: jax.sharding.Sharding | None = None) -> "TrainState":
+        """Step 0, EMA = params, fresh optimizer state, placed by ``sharding`` (default:
+        this process's first device; :func:`train_and_evaluate` replicates it over its
+        mesh).
 
         The placement is explicit (committed), like that of a state restored from a
         checkpoint, so fresh and resumed states share one compiled ``train_step``.
         """
-        return jax.device_put(_create_state(params, tx=tx), _device())
+        return _state_factory(tx, sharding or _device())(params)
 
 
 def _device():
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
-@functools.partial(jax.jit, static_argnames=("tx",))
-def _create_state(params, *, tx):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+@functools.lru_cache(maxsize=16)
+def _state_factory(tx, sharding):
+    def create(params):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          ema_params=jax.tree.map(jnp.copy, params),
+                          opt_state=tx.init(params))
+    return jax.jit(create, out_shardings=sharding)
 
 
 class LossConfig(NamedTuple):
-    """Static loss/step settings (hashable: a jit static argument)."""
-    batch_size: int
+    """Static loss/step settings (hashable: a jit static argument; the batch is the one
+    :func:`train_step` is given)."""
     p_mean: float = -1.2
     p_std: float = 1.2
     uniform_fraction: float = 0.0  # share of each batch at log-uniform sigma instead
@@ -142,27 +165,29 @@ def edm_loss(model: unet.UNet, params, x, labels, key, cfg: LossConfig):
     return jnp.mean(weight * jnp.mean(jnp.square(denoised - x), axis=(1, 2, 3)))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx", "cfg"), donate_argnums=(0,))
+@functools.partial(jax.jit, static_argnames=("model", "tx", "cfg", "sharding"),
+                   donate_argnums=(0,))
 def train_step(state: TrainState, images, labels, key, *, model: unet.UNet,
-               tx: optax.GradientTransformation, cfg: LossConfig):
-    """One optimizer update on a batch drawn from ``images`` on device.
+               tx: optax.GradientTransformation, cfg: LossConfig, sharding=None):
+    """One optimizer update on the batch ``(images, labels)``.
 
     Args:
       state: the TrainState (donated: do not reuse it after the call).
-      images: (N, H, W, C) float32 training set.
-      labels: (N,) int32 labels.
-      key: the run's base PRNG key; the step's key is ``fold_in(key, state.step)``, so
-        batches and noise depend only on (key, step) (exact resume).
+      images: (B, H, W, C) float32 batch in [-1, 1] (:func:`train_and_evaluate` shards it
+        over the "data" mesh axis).
+      labels: (B,) int32 labels.
+      key: the run's base PRNG key; the step's noise comes from
+        ``fold_in(key, state.step)``, so it depends only on (key, step) (exact resume).
       model, tx, cfg: static model, optimizer and loss settings.
+      sharding: the state's sharding (replicated over the mesh), kept by the new state;
+        None: XLA's choice.
 
     Returns:
       (new_state, metrics) with metrics loss, l2_grads, l2_params, l2_updates (float32).
     """
-    k_batch, k_loss = jax.random.split(jax.random.fold_in(key, state.step))
-    idx = jax.random.randint(k_batch, (cfg.batch_size,), 0, images.shape[0], jnp.int32)
-    x, y = images[idx], labels[idx]
-    loss, grads = jax.value_and_grad(edm_loss, argnums=1)(model, state.params, x, y, k_loss,
-                                                          cfg)
+    k_loss = jax.random.fold_in(key, state.step)
+    loss, grads = jax.value_and_grad(edm_loss, argnums=1)(model, state.params, images,
+                                                          labels, k_loss, cfg)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # EMA with a warm start: the decay ramps up as (1 + t) / (10 + t) early in training.
@@ -174,6 +199,8 @@ def train_step(state: TrainState, images, labels, key, *, model: unet.UNet,
     ema = unravel(decay * flat_ema + (1.0 - decay) * flat_params)
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                               opt_state=opt_state)
+    if sharding is not None:
+        new_state = jax.lax.with_sharding_constraint(new_state, sharding)
     norm = lambda tree: jnp.linalg.norm(ravel_pytree(tree)[0])
     metrics = {"loss": loss, "l2_grads": norm(grads), "l2_params": jnp.linalg.norm(flat_params),
                "l2_updates": norm(updates)}
@@ -215,7 +242,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def loss_config(config) -> LossConfig:
-    return LossConfig(batch_size=int(config.batch_size), p_mean=float(config.loss.p_mean),
+    return LossConfig(p_mean=float(config.loss.p_mean),
                       p_std=float(config.loss.p_std),
                       uniform_fraction=float(config.loss.uniform_fraction),
                       sigma_min=float(config.loss.sigma_min),
@@ -257,13 +284,22 @@ def _model_meta(config) -> dict:
     setting that changes results (compared on resume)."""
     m = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config.model).items()}
     return {"model": m, "dataset": config.dataset, "seed": int(config.seed),
-            "settings": checkpoints.settings(config, ignore=("sample", "fid"))}
+            "settings": checkpoints.settings(config, ignore=SETTINGS_IGNORE)}
+
+
+#: Config fields that do not change what a run computes, besides
+#: :data:`jaxinfra.checkpoints.RUN_ONLY_FIELDS`: the sample grids, the Frechet-distance
+#: evaluation (python -m jaxdiff.fid) and the device count (the same numbers to float32
+#: rounding of the gradient sums).
+SETTINGS_IGNORE = ("sample", "fid", "num_devices")
 
 
 def check_config(config) -> None:
     """ValueError naming the first bad loop setting (before any data is loaded)."""
     for name in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
         config_checks.int_at_least(config, name, 1)
+    config_checks.int_at_least(config, "num_devices", 0,
+                               what="devices the batch is split over; 0: all")
     fraction = config.loss.uniform_fraction
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
             or not 0 <= fraction < 1:
@@ -285,7 +321,8 @@ def _manager(workdir: str, config=None, read_only: bool = False):
 
 
 def abstract_params(model: unet.UNet):
-    """Shapes/dtypes (with a single-device sharding) of ``model``'s params, no compute."""
+    """Shapes/dtypes of ``model``'s params with this process's first device as sharding,
+    no compute."""
     shapes = jax.eval_shape(functools.partial(unet.init, model), jax.random.PRNGKey(0))
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=_device()),
                         shapes)
@@ -363,6 +400,13 @@ def save_grid(images, path: str, scale: int = 4):
 
 
 def _sample_grid(config, model, ema_params, step, workdir, log):
+    """Samples and writes ``samples/step_<step>.png`` (process 0 only; others return).
+
+    ``ema_params`` may be replicated over a mesh: the sampler runs on this process's
+    first device's copy."""
+    if not distributed.is_main_process():
+        return
+    ema_params = jax.tree.map(lambda a: a.addressable_data(0), ema_params)
     s = config.sample
     labels = None
     if model.num_classes > 0:
@@ -376,8 +420,26 @@ def _sample_grid(config, model, ema_params, step, workdir, log):
     log.image(step, "samples", g)
 
 
+def make_mesh(config) -> jax.sharding.Mesh:
+    """The 1-D "data" mesh of ``config.num_devices`` devices (0: every device of every
+    process).
+
+    Raises:
+      ValueError: more devices than there are, or ``config.batch_size`` not a multiple
+        of the mesh size.
+    """
+    mesh = mesh_lib.mesh_1d(DATA_AXIS, int(config.num_devices))
+    if int(config.batch_size) % mesh.size:
+        raise ValueError(f"config.batch_size={config.batch_size} does not split over the "
+                         f"{mesh.size} devices of the mesh; accepted: a multiple of "
+                         f"{mesh.size} (or set config.num_devices)")
+    return mesh
+
+
 def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     """Trains (or resumes) and returns the last logged metrics.
+
+    Every process of a multi-process job calls it (see the module docstring).
 
     Args:
       config: a ConfigDict as in ``configs/edm_digits.py``.
@@ -386,29 +448,31 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
         rate schedule still follows ``config.num_steps``). A checkpoint is saved there.
 
     Returns:
-      dict with step, loss (mean over the last log interval), wall_seconds, num_params.
+      dict with step, loss (mean over the last log interval), wall_seconds, num_params,
+      steps_per_epoch, num_devices.
     """
     from tqdm import tqdm
 
     check_config(config)
+    mesh = make_mesh(config)
     os.makedirs(workdir, exist_ok=True)
     images, labels = load_data(config)
+    n, bsz = images.shape[0], int(config.batch_size)
+    spe = mesh_lib.steps_per_epoch(n, bsz)
     model = make_model(config)
     tx = make_optimizer(config)
     cfg = loss_config(config)
     key = jax.random.PRNGKey(int(config.seed))
+    replicated, batch_sh = mesh_lib.replicated(mesh), mesh_lib.sharded(mesh)
     mngr = _manager(workdir, config)
     meta = _model_meta(config)
     params = unet.init(model, jax.random.fold_in(key, 1))
-    state, start = checkpoints.resume(mngr, TrainState.create(params, tx), meta,
+    state, start = checkpoints.resume(mngr, TrainState.create(params, tx, replicated), meta,
                                       what="model", key=lambda m: m["settings"],
                                       workdir=workdir, extend_keys=("num_steps",),
                                       extend=bool(config.get("extend", False)))
-    # Same placement as TrainState.create: a resumed run reuses the compiled step.
-    state = jax.device_put(state, _device())
     end = int(config.num_steps) if stop_at_step is None else min(int(stop_at_step),
                                                                  int(config.num_steps))
-    images_d, labels_d = jnp.asarray(images), jnp.asarray(labels)
     data_key = jax.random.fold_in(key, 2)
 
     last = {"step": start}
@@ -423,10 +487,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
 
     with MetricsLog(workdir, start_step=start) as log, \
             tqdm(total=end, initial=start, desc="train", unit="step",
-                 disable=not config.progress) as bar:
-        for step in range(start + 1, end + 1):
-            state, metrics = train_step(state, images_d, labels_d, data_key, model=model,
-                                        tx=tx, cfg=cfg)
+                 disable=not config.progress or not distributed.is_main_process()) as bar:
+        for i, idx in mesh_lib.step_batches(int(config.seed), n, bsz, start, end):
+            step = i + 1
+            x, y = mesh_lib.global_batch(batch_sh, (images, labels), idx)
+            state, metrics = train_step(state, x, y, data_key, model=model, tx=tx, cfg=cfg,
+                                        sharding=replicated)
             acc.append(metrics)
             unchecked.append((step, metrics))
             if step % config.log_every == 0 or step == end:
@@ -449,5 +515,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     mngr.wait_until_finished()
     mngr.close()
     last = dict(last, wall_seconds=time.perf_counter() - t0,
-                num_params=unet.count_params(state.params))
+                num_params=unet.count_params(state.params), steps_per_epoch=spe,
+                num_devices=mesh.size)
     return last

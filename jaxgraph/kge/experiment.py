@@ -14,6 +14,14 @@ rows (:mod:`jaxgraph.kge.sharded`); ``config.mesh.data = D`` splits each batch o
 over D. The default (1, 1) is the unsharded path. A sharded run's checkpoints hold the
 padded tables and resume only with the same mesh (``mesh`` is then a setting).
 
+Several processes (:mod:`jaxinfra.distributed`; every process runs the same command):
+the mesh takes as many devices of each process (``model * data`` a multiple of the
+process count; the ``model`` axis spans the processes, so the table is split over all
+their devices); every process computes the same ranks (the counts are summed over the
+mesh), so the metrics agree everywhere; process 0 writes ``metrics.jsonl``, ``tb/`` and
+``results.json``, every process takes part in the checkpoints. The unsharded default
+(1, 1) runs on one process only.
+
 Resuming (:mod:`jaxinfra.checkpoints`): the newest good checkpoint of ``workdir`` is used
 (a corrupt one is moved to ``checkpoints/corrupt/<epoch>`` with a warning). It must have
 been written with the same settings (:func:`run_settings`: every config field that changes
@@ -36,7 +44,7 @@ from jaxgraph import csd as csd_lib
 from jaxgraph import kg_data, kge_models
 from jaxgraph.kge import evaluation, sharded, trainer
 from jaxgraph.kge import step as kge_step
-from jaxinfra import checkpoints, config_checks
+from jaxinfra import checkpoints, config_checks, distributed
 from jaxinfra.metrics import MetricsLog
 
 __all__ = ["OPTIMIZERS", "make_optimizer", "csd_config", "step_config", "check_config",
@@ -126,7 +134,13 @@ def check_config(config) -> None:
         if "unseen" in config:
             config_checks.one_of(config, "unseen", kg_data.UNSEEN)
     model, data = mesh_sizes(config)
+    processes = distributed.process_count()
     if (model, data) == (1, 1):
+        if processes > 1:
+            raise ValueError(f"config.mesh model=1, data=1 (one device) on {processes} "
+                             f"processes; accepted: mesh.model * mesh.data a multiple of "
+                             f"{processes}, e.g. --config.mesh.model={jax.device_count()} "
+                             "(the entity table split over every device)")
         return
     if model * data > jax.device_count():
         raise ValueError(f"config.mesh data={data} x model={model} needs {model * data} "
@@ -281,13 +295,14 @@ def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None
             log.write(epochs, test, prefix="test")
             result["valid"], result["test"] = valid, test
     result["epochs_done"] = end
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    distributed.write_json(os.path.join(workdir, "results.json"), result)
     return result
 
 
 def _print_result(result, workdir):
     del workdir
+    if not distributed.is_main_process():
+        return
     short = {k: v for k, v in result.items() if k not in ("valid", "test")}
     if "test" in result:
         short["test"] = {k: round(result["test"][k], 4) for k in
@@ -298,4 +313,4 @@ def _print_result(result, workdir):
 def main():
     """``python -m jaxgraph.kge --config=... --workdir=...``."""
     from jaxinfra.cli import run_job
-    run_job(train_and_evaluate, _print_result, what="KGE config file")
+    run_job(train_and_evaluate, _print_result, what="KGE config file", multi_process=True)

@@ -40,6 +40,12 @@ rows, and the padded initial table's first V rows equal the unsharded one (JAX's
 partitionable threefry, the default, draws element i of any shape from counter i).
 Sharded and unsharded runs agree to float32 rounding (sums in another order).
 
+Several processes (:mod:`jaxinfra.distributed`): :func:`make_mesh` takes as many devices
+of each process, process-major, so the ``model`` axis (and the table) spans them and the
+collectives above cross processes; every process passes the same host arrays (batches:
+:func:`place_batches`; ranking queries) and each device receives only its rows; ranks
+come back replicated, so every process computes the same metrics.
+
 Not supported with sharding: CSD self-distillation (``csd.enabled``); the trainer
 refuses it. A sharded state has an empty teacher (no second copy of the tables).
 """
@@ -56,9 +62,10 @@ from jax.sharding import PartitionSpec as P
 
 from jaxgraph import ranking
 from jaxgraph.kge import step as kge_step
+from jaxinfra import mesh as mesh_lib
 
 __all__ = ["DATA", "MODEL", "make_mesh", "padded_entities", "param_specs", "shardings",
-           "shard_params", "unshard_params", "init_params", "init_state",
+           "shard_params", "unshard_params", "init_params", "init_state", "place_batches",
            "candidate_scores", "all_scores", "loss_fn", "train_epoch", "batch_ranks",
            "rank_batch", "evaluate", "bytes_per_device"]
 
@@ -66,21 +73,27 @@ DATA, MODEL = "data", "model"
 
 
 def make_mesh(model: int = 1, data: int = 1, devices=None) -> jax.sharding.Mesh:
-    """A (``data``, ``model``) mesh over the first ``data * model`` devices.
+    """A (``data``, ``model``) mesh over ``data * model`` devices: the first ones of
+    ``devices``, by default :func:`jaxinfra.mesh.mesh_devices` (one process: its first
+    devices; several: as many of each process's devices, process-major, so the
+    ``model`` axis, and with it the entity table, spans the processes).
 
     Raises:
-      ValueError: a size below 1, or more devices asked for than there are.
+      ValueError: a size below 1, more devices asked for than there are, or (several
+        processes) a count that does not split evenly over them.
     """
-    devices = jax.devices() if devices is None else list(devices)
     for name, n in ((MODEL, model), (DATA, data)):
         if int(n) < 1:
             raise ValueError(f"mesh {name} size {n} is invalid; accepted: an int >= 1")
-    if model * data > len(devices):
-        raise ValueError(f"mesh data={data} x model={model} needs {model * data} devices; "
-                         f"accepted: at most {len(devices)} (the devices present)")
+    n = int(model) * int(data)
+    available = jax.device_count() if devices is None else len(devices)
+    if n > available:
+        raise ValueError(f"mesh data={data} x model={model} needs {n} devices; "
+                         f"accepted: at most {available} (the devices present)")
+    devices = mesh_lib.mesh_devices(n) if devices is None else list(devices)[:n]
     auto = jax.sharding.AxisType.Auto
     return jax.make_mesh((int(data), int(model)), (DATA, MODEL), axis_types=(auto, auto),
-                         devices=devices[:model * data])
+                         devices=devices)
 
 
 def padded_entities(num_entities: int, model: int) -> int:
@@ -183,6 +196,14 @@ def _jitted_state(cfg, num_relations, tx, init_range, mesh):
                                  opt_state=tx.init(params))
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     return jax.jit(state, out_shardings=shardings(mesh, jax.eval_shape(state, key)))
+
+
+def place_batches(mesh, *arrays):
+    """(S, B, ...) host arrays of an epoch's batches placed with B split over ``data`` (and
+    replicated over ``model``). Every process passes the same arrays; each device
+    receives only its rows."""
+    sharding = NamedSharding(mesh, P(None, DATA))
+    return tuple(jax.device_put(np.asarray(a), sharding) for a in arrays)
 
 
 def _check_cfg(cfg):
@@ -445,12 +466,14 @@ def batch_ranks(params, queries, mask_rows, mask_cols, *, backbone, side: str, m
       num_entities: V (rows >= V are padding).
 
     Returns:
-      (B, 3) float32 (optimistic, pessimistic, realistic) ranks.
+      (B, 3) float32 (optimistic, pessimistic, realistic) ranks, replicated on every
+      device (B * 3 numbers gathered over ``data``), so every process reads them all.
     """
     body = functools.partial(_local_ranks, backbone=backbone, side=side, chunk=chunk,
                              num_entities=int(num_entities))
-    return _mapped(body, mesh, (param_specs(params), P(DATA), P(), P()),
-                   P(DATA))(params, queries, mask_rows, mask_cols)
+    ranks = _mapped(body, mesh, (param_specs(params), P(DATA), P(), P()),
+                    P(DATA))(params, queries, mask_rows, mask_cols)
+    return jax.lax.with_sharding_constraint(ranks, NamedSharding(mesh, P()))
 
 
 def rank_batch(backbone, mesh, num_entities: int, chunk: int = 4096):

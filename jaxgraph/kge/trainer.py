@@ -20,7 +20,8 @@ import numpy as np
 
 from jaxgraph.kge import sharded
 from jaxgraph.kge import step as kge_step
-from jaxinfra import checkpoints, finite
+from jaxinfra import checkpoints, distributed, finite
+from jaxinfra import mesh as mesh_lib
 
 __all__ = ["epoch_indices", "train_epochs"]
 
@@ -28,7 +29,7 @@ __all__ = ["epoch_indices", "train_epochs"]
 def epoch_indices(num_train: int, batch_size: int, seed: int, epoch: int):
     """(S, B) indices of the training triples of (0-based) ``epoch``, S = N // B."""
     steps = num_train // batch_size
-    perm = np.random.default_rng([int(seed), epoch]).permutation(num_train)
+    perm = mesh_lib.epoch_permutation(seed, epoch, num_train)
     return perm[:steps * batch_size].reshape(steps, batch_size)
 
 
@@ -53,7 +54,8 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
         ``eval_every`` epochs (not after the last one of the run).
       progress: show a tqdm bar.
       mesh: None, or a (``data``, ``model``) mesh: the state is entity-sharded
-        (:mod:`jaxgraph.kge.sharded`) and epochs run sharded.
+        (:mod:`jaxgraph.kge.sharded`) and epochs run sharded; the mesh may span several
+        processes (every process calls this with the same arguments; process 0 writes).
 
     Returns:
       ``(state, train_seconds)``.
@@ -66,17 +68,21 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
     from tqdm import tqdm
 
     name = cfg.backbone.name
-    train_epoch = (kge_step.train_epoch if mesh is None
-                   else functools.partial(sharded.train_epoch, mesh=mesh))
+    if mesh is None:
+        train_epoch, place = kge_step.train_epoch, lambda *a: tuple(map(jnp.asarray, a))
+    else:
+        train_epoch = functools.partial(sharded.train_epoch, mesh=mesh)
+        place = functools.partial(sharded.place_batches, mesh)
     seconds = 0.0
-    with tqdm(total=end, initial=start, desc=name, unit="epoch", disable=not progress) as bar:
+    with tqdm(total=end, initial=start, desc=name, unit="epoch",
+              disable=not progress or not distributed.is_main_process()) as bar:
         for epoch in range(start, end):
             if kge_step.refresh_due(cfg.csd, epoch):
                 state = kge_step.refresh_teacher(state)
             idx = epoch_indices(len(train), batch_size, seed, epoch)
             t0 = time.perf_counter()
             state, metrics = train_epoch(
-                state, jnp.asarray(train[idx]), jnp.asarray(weights[idx]), key,
+                state, *place(train[idx], weights[idx]), key,
                 jnp.float32(kge_step.kd_weight(cfg.csd, epoch)), cfg=cfg, tx=tx)
             metrics = jax.device_get(metrics)
             dt = time.perf_counter() - t0

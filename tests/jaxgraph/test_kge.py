@@ -1,5 +1,4 @@
 """KGE training: memorising a tiny graph, exact resume, config errors, the CLI."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs.kge.kge import get_config as kge_config
 from jaxgraph import kg_data, kge_models, ranking
 from jaxgraph.kge import evaluation, experiment
 from jaxgraph.kge import step as kge_step
@@ -17,18 +17,10 @@ from jaxgraph.kge import step as kge_step
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _get_config(arg):
-    spec = importlib.util.spec_from_file_location(
-        "kge_cfg", os.path.join(ROOT, "configs", "kge", "kge.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
-
-
 def test_memorises_tiny_graph():
     data = kg_data.synthetic_kg(12, 2, seed=0)
     triples = data.all_triples()                                  # (24, 3)
-    c = _get_config("complex,tiny,dim=16,lr=0.1")
+    c = kge_config("complex,tiny,dim=16,lr=0.1")
     cfg = kge_step.StepConfig(kge_models.get_backbone("complex", 16), 12, loss="1vsall",
                               regularization=0.0)
     tx = experiment.make_optimizer(c, 100)
@@ -43,7 +35,7 @@ def test_memorises_tiny_graph():
 
 
 def test_resume_is_exact_and_results(tmp_path):
-    c = _get_config("rotate,tiny,csd,epochs=2")
+    c = kge_config("rotate,tiny,csd,epochs=2")
     c.checkpoint_every = 1
     full = experiment.train_and_evaluate(c, str(tmp_path / "full"))
     part = experiment.train_and_evaluate(c, str(tmp_path / "part"), stop_at_epoch=1)
@@ -64,33 +56,33 @@ def test_resume_is_exact_and_results(tmp_path):
     with pytest.raises(ValueError, match=r"holds a KGE checkpoint .*other settings: "
                        r"csd\.enabled: True -> False; model\.name: 'rotate' -> 'transe'\. "
                        r"Use a new --workdir"):
-        experiment.train_and_evaluate(_get_config("transe,tiny"), str(tmp_path / "full"))
+        experiment.train_and_evaluate(kge_config("transe,tiny"), str(tmp_path / "full"))
     with pytest.raises(FileNotFoundError, match="no KGE checkpoints in .*train first"):
         evaluation.load_checkpoint(str(tmp_path / "nothing"))
 
 
 def test_config_errors():
     with pytest.raises(ValueError, match="unknown config option 'rotatee'.*transe"):
-        _get_config("rotatee,wn18rr")
-    c = _get_config("tiny")
+        kge_config("rotatee,wn18rr")
+    c = kge_config("tiny")
     c.model.name = "hole"
     with pytest.raises(ValueError, match="unknown KGE model 'hole'; valid: transe"):
         experiment.train_and_evaluate(c, "/tmp/never-written")
-    c = _get_config("tiny")
+    c = kge_config("tiny")
     c.train.loss = "margin"
     with pytest.raises(ValueError, match="unknown train.loss 'margin'"):
         experiment.step_config(c, 10)
-    c = _get_config("tiny")
+    c = kge_config("tiny")
     c.csd.enabled, c.csd.confidence = True, "entropy"
     with pytest.raises(ValueError, match="unknown csd.confidence 'entropy'"):
         experiment.step_config(c, 10)
     with pytest.raises(ValueError, match="unknown config option 'tyni'; accepted: .*tiny"):
-        _get_config("tyni")
+        kge_config("tyni")
     with pytest.raises(ValueError, match="'rotate' and 'transe' exclude each other"):
-        _get_config("rotate,transe")
+        kge_config("rotate,transe")
     with pytest.raises(ValueError, match="config option dim='x' is not a valid int"):
-        _get_config("dim=x")
-    c = _get_config("FB237, tucker, dim=16, lr=0.1, csd")
+        kge_config("dim=x")
+    c = kge_config("FB237, tucker, dim=16, lr=0.1, csd")
     assert (c.dataset, c.model.name, c.model.dim, c.train.lr, c.csd.enabled) == (
         "fb15k-237", "tucker", 16, 0.1, True)
     assert (c.model.gamma, c.train.regularization) == (9.0, 1e-5)

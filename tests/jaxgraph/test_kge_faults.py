@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from faults import checkpoint_steps, flip_bit, largest_file, truncate
-from test_kge import ROOT, _get_config
+from test_kge import ROOT
 
+from configs.kge.kge import get_config as kge_config
 from jaxgraph.kge import evaluation, experiment
 from jaxgraph.kge import step as kge_step
 from jaxinfra import checkpoints
@@ -22,7 +23,7 @@ from jaxinfra.finite import NonFiniteError
 def _config(**train):
     """rotate on the generated graph (128 training triples), 2 epochs of 8 steps, a
     checkpoint every epoch."""
-    c = _get_config("rotate,tiny,epochs=2")
+    c = kge_config("rotate,tiny,epochs=2")
     c.checkpoint_every = 1
     for k, v in train.items():
         setattr(c.train, k, v)
@@ -103,10 +104,10 @@ def test_a_non_finite_state_is_never_saved(tmp_path, monkeypatch):
 
 def test_resume_refuses_other_settings_and_extend_continues(tmp_path, reference):
     ref_dir, _, ref_params = reference
-    one = _get_config("rotate,tiny,epochs=1")
+    one = kge_config("rotate,tiny,epochs=1")
     one.checkpoint_every = 1
     experiment.train_and_evaluate(one, str(tmp_path))
-    other = _get_config("rotate,tiny,epochs=1,seed=1,lr=0.02")
+    other = kge_config("rotate,tiny,epochs=1,seed=1,lr=0.02")
     other.train.batch_size = 8
     with pytest.raises(checkpoints.SettingsMismatchError) as err:
         experiment.train_and_evaluate(other, str(tmp_path))
@@ -115,7 +116,7 @@ def test_resume_refuses_other_settings_and_extend_continues(tmp_path, reference)
         "train.batch_size: 16 -> 8; train.lr: 0.01 -> 0.02. Use a new --workdir, or the "
         "saved settings")
     # run-only fields may change: where the data lie, how often to save / validate
-    same = _get_config("rotate,tiny,epochs=1")
+    same = kge_config("rotate,tiny,epochs=1")
     same.checkpoint_every, same.keep_checkpoints, same.eval.every = 3, 5, 1
     same.data_dir, same.progress = "/elsewhere", True
     assert experiment.train_and_evaluate(same, str(tmp_path))["epochs_done"] == 1
@@ -143,7 +144,7 @@ def test_resume_refuses_other_settings_and_extend_continues(tmp_path, reference)
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2]
     with pytest.raises(ValueError, match=r"checkpoint at epoch 2, beyond "
                                          r"config\.train\.epochs=1; a run cannot be shortened"):
-        shorter = _get_config("rotate,tiny,epochs=1")
+        shorter = kge_config("rotate,tiny,epochs=1")
         shorter.extend = True
         experiment.train_and_evaluate(shorter, str(tmp_path))
     # other data in the same workdir (same name, same sizes) are refused by fingerprint

@@ -3,20 +3,18 @@ tables and Adam moments split by entity rows, scores, gradients, an Adam step, f
 ranks (with ties), a (data, model) mesh, and a short run of the trainer.
 
 The entity count is never a multiple of 4, so padded rows are always present."""
-import importlib.util
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tie_graph import tie_graph
 
+from configs.kge.kge import get_config as kge_config
 from jaxgraph import kg_data, kge_models, ranking
 from jaxgraph.kge import evaluation, experiment, sharded
 from jaxgraph.kge import step as kge_step
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 V, R, DIM, B, NEG = 30, 4, 8, 16, 6          # V = 30 -> padded to 32, 8 rows per device
 
 
@@ -125,19 +123,9 @@ def test_scores_gradients_and_adam_step_match_unsharded(mesh, name, loss, shared
         np.testing.assert_allclose(m1[k], m0[k], rtol=1e-6, err_msg=k)
 
 
-def _tie_setup(seed=0, num_ent=23, num_rel=3, dim=4):
-    """test_ranking's graph: integer embeddings, so DistMult scores tie exactly."""
-    rng = np.random.default_rng(seed)
-    params = {"entity": jnp.asarray(rng.integers(-1, 2, (num_ent, dim)), jnp.float32),
-              "relation": jnp.asarray(rng.integers(-1, 2, (num_rel, dim)), jnp.float32)}
-    known = np.stack([rng.integers(0, num_ent, 60), rng.integers(0, num_rel, 60),
-                      rng.integers(0, num_ent, 60)], 1)
-    return params, known, known[:17]
-
-
 @pytest.mark.parametrize("name", ["distmult", "transe"])
 def test_filtered_ranks_with_ties_equal_unsharded(mesh, name):
-    params, known, queries = _tie_setup()          # 23 entities -> 24, 6 per device
+    params, known, queries = tie_graph()           # 23 entities -> 24, 6 per device
     b = kge_models.get_backbone(name, 4, gamma=2.0)
     sp = sharded.shard_params(params, mesh)
     for side in ("head", "tail"):
@@ -181,18 +169,10 @@ def test_data_and_model_axes(mesh):
                          num_entities=V, batch_size=5)
 
 
-def _get_config(arg):
-    spec = importlib.util.spec_from_file_location(
-        "kge_cfg", os.path.join(ROOT, "configs", "kge", "kge.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
-
-
 def test_trainer_run_matches_unsharded_and_resumes(tmp_path):
     """``python -m jaxgraph.kge`` settings: 2 epochs of RotatE on a 42-entity graph,
     unsharded and with ``mesh.model=4``: parameters agree to 1e-5, metrics are equal."""
-    c = _get_config("rotate,tiny")
+    c = kge_config("rotate,tiny")
     c.synthetic.num_entities = 42
     full = experiment.train_and_evaluate(c, str(tmp_path / "full"))
     c.mesh.model = 4
@@ -216,7 +196,7 @@ def test_trainer_run_matches_unsharded_and_resumes(tmp_path):
 
 
 def test_config_errors():
-    c = _get_config("tiny")
+    c = kge_config("tiny")
     c.mesh.model = 8
     with pytest.raises(ValueError, match=r"config.mesh data=1 x model=8 needs 8 devices; "
                        r"accepted: at most 4"):
@@ -224,16 +204,16 @@ def test_config_errors():
     c.mesh.model = 0
     with pytest.raises(ValueError, match=r"config.mesh.model must be an integer >= 1"):
         experiment.check_config(c)
-    c = _get_config("tiny,csd")
+    c = kge_config("tiny,csd")
     c.mesh.model = 2
     with pytest.raises(ValueError, match=r"CSD is not supported on sharded tables"):
         experiment.check_config(c)
-    c = _get_config("tiny")
+    c = kge_config("tiny")
     c.mesh.data, c.train.batch_size = 4, 18
     with pytest.raises(ValueError, match=r"config.train.batch_size=18 does not split over "
                        r"config.mesh.data=4; accepted: a multiple of 4"):
         experiment.check_config(c)
     with pytest.raises(ValueError, match=r"mesh data=1 x model=5 needs 5 devices"):
         sharded.make_mesh(model=5)
-    assert experiment.make_mesh(_get_config("tiny")) is None
-    assert "mesh" not in experiment.run_settings(_get_config("tiny"))
+    assert experiment.make_mesh(kge_config("tiny")) is None
+    assert "mesh" not in experiment.run_settings(kge_config("tiny"))

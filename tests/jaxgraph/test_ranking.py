@@ -2,24 +2,14 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tie_graph import tie_graph
 
 from jaxgraph import kge_models, ranking
 
 
-def _setup(seed=0, num_ent=23, num_rel=3, dim=4):
-    rng = np.random.default_rng(seed)
-    # integer-valued embeddings -> DistMult scores are small integers: many exact ties
-    params = {"entity": jnp.asarray(rng.integers(-1, 2, (num_ent, dim)), jnp.float64),
-              "relation": jnp.asarray(rng.integers(-1, 2, (num_rel, dim)), jnp.float64)}
-    known = np.stack([rng.integers(0, num_ent, 60), rng.integers(0, num_rel, 60),
-                      rng.integers(0, num_ent, 60)], 1)
-    queries = known[:17]
-    return params, known, queries
-
-
 @pytest.mark.parametrize("name", ["distmult", "transe"])
 def test_filtered_ranks_match_brute_force(name):
-    params, known, queries = _setup()
+    params, known, queries = tie_graph(dtype=jnp.float64)
     b = kge_models.get_backbone(name, 4, gamma=2.0)
     s = np.asarray(b.score_triples(params, jnp.arange(23)[None, :], queries[:, 1:2],
                                    queries[:, 2:3]))                             # heads

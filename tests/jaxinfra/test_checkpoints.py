@@ -115,6 +115,29 @@ def test_non_finite_state_is_never_saved(tmp_path):
     mngr.close()
 
 
+def test_a_sharded_state_is_checked_shard_by_shard(tmp_path):
+    """Each shard is checked where it lives (a table split over 4 devices is never
+    gathered): a NaN in the last device's rows is found, a replicated copy counts once."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxinfra import mesh as mesh_lib
+    m = mesh_lib.mesh_2d(data=1, model=4)
+    rows = NamedSharding(m, P("model", None))
+    table = jax.device_put(np.arange(16.0).reshape(8, 2), rows)
+    replicated = jax.device_put(np.ones(3), mesh_lib.replicated(m))
+    assert [s.replica_id for s in replicated.addressable_shards] == [0, 1, 2, 3]
+    mngr = checkpoints.manager(str(tmp_path))
+    assert checkpoints.save(mngr, 1, meta={}, state={"t": table, "r": replicated})
+    bad = jax.device_put(np.arange(16.0).reshape(8, 2), rows).at[7, 1].set(jnp.inf)
+    assert [bool(np.all(np.isfinite(s.data))) for s in bad.addressable_shards] == [
+        True, True, True, False]
+    with pytest.raises(checkpoints.NonFiniteError, match=r"step 2: state\['t'\] holds NaN"):
+        checkpoints.save(mngr, 2, meta={}, state={"t": bad, "r": replicated}, force=True)
+    assert mngr.all_steps() == [1]
+    mngr.close()
+
+
 def test_settings_mismatch_lists_every_difference(tmp_path):
     mngr = checkpoints.manager(str(tmp_path))
     saved = {"seed": 0, "optim": {"lr": 0.1, "b1": 0.9}, "loss": "kd"}

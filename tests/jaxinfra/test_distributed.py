@@ -1,13 +1,15 @@
 """jaxinfra.distributed and the multi-process parts of jaxinfra.mesh, .metrics, .images,
-.workdir and .checkpoints; jaxkd.train on two local processes.
+.workdir and .checkpoints; jaxkd.train, jaxdiff.train and python -m jaxgraph.kge on two
+local processes.
 
 The end-to-end tests start real ``jax.distributed`` runs: two processes on 127.0.0.1 (a
-free port, CPU collectives), each with 2 host CPU devices, run the tiny jaxkd training of
-distributed_kd_config.py through the shared entry point (distributed_kd_job.py), and are
-compared with one process with 4 devices. Cross-process all-reduces (gloo) sum in another
-order than the in-process ones, so the two layouts agree to float32 rounding, not
-bitwise; the same layout is bitwise reproducible, so a two-process run stopped and resumed
-equals an uninterrupted one exactly.
+free port, CPU collectives), each with 2 host CPU devices, run the tiny trainings of
+distributed_config.py one after the other (jaxkd, jaxdiff.train, KGE with the entity table
+split over all 4 devices) through the shared entry point (distributed_job.py), and are
+compared with one process with 4 devices running the same. Cross-process all-reduces
+(gloo) sum in another order than the in-process ones, so the two layouts agree to float32
+rounding, not bitwise; the same layout is bitwise reproducible, so a two-process run
+stopped and resumed equals an uninterrupted one exactly.
 """
 import json
 import os
@@ -26,8 +28,8 @@ from jaxinfra import workdir as workdir_lib
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
-JOB = str(HERE / "distributed_kd_job.py")
-CONFIG = str(HERE / "distributed_kd_config.py")
+JOB = str(HERE / "distributed_job.py")
+CONFIG = str(HERE / "distributed_config.py")
 CLI_JOB = str(HERE / "cli_job.py")
 
 
@@ -143,6 +145,53 @@ def test_each_global_batch_is_the_same_for_1_2_and_4_processes():
         mesh_lib.batch_indices(np.arange(n), 5, 8)
 
 
+def test_step_batches_cut_one_permutation_per_epoch_and_resume_anywhere():
+    n, bsz = 10, 3                                       # 3 updates an epoch, 1 left out
+    assert mesh_lib.steps_per_epoch(n, bsz) == 3
+    got = list(mesh_lib.step_batches(7, n, bsz, 0, 7))
+    assert [i for i, _ in got] == list(range(7))
+    for i, idx in got:
+        perm = mesh_lib.epoch_permutation(7, i // 3, n)
+        np.testing.assert_array_equal(idx, perm[(i % 3) * 3:(i % 3) * 3 + 3])
+    assert len(set(np.concatenate([idx for _, idx in got[:3]]))) == 9
+    assert not np.array_equal(mesh_lib.epoch_permutation(7, 0, n),
+                              mesh_lib.epoch_permutation(7, 1, n))
+    resumed = list(mesh_lib.step_batches(7, n, bsz, 4, 7))      # from update 4 on
+    for (i, a), (j, b) in zip(got[4:], resumed):
+        assert i == j
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"batch size 11 does not fit the 10 training "
+                                         r"examples \(an epoch would have no batch\); "
+                                         r"accepted: 1 to 10"):
+        mesh_lib.steps_per_epoch(10, 11)
+
+
+def test_trainers_check_their_mesh_before_any_work(monkeypatch):
+    """jaxdiff.train: a batch that does not split over the devices; python -m
+    jaxgraph.kge: the unsharded (one-device) default on several processes."""
+    from configs import edm_digits
+    from configs.kge.kge import get_config as kge_config
+    from jaxdiff.training import edm
+    from jaxgraph.kge import experiment
+
+    c = edm_digits.get_config("tiny")
+    c.num_devices, c.batch_size = 0, 18
+    with pytest.raises(ValueError, match=r"config.batch_size=18 does not split over the 4 "
+                                         r"devices of the mesh; accepted: a multiple of 4"):
+        edm.make_mesh(c)
+    c.batch_size = 16
+    assert edm.make_mesh(c).shape == {"data": 4}
+    k = kge_config("tiny")
+    experiment.check_config(k)                                   # one process: fine
+    monkeypatch.setattr(distributed, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"config.mesh model=1, data=1 \(one device\) on 2 "
+                                         r"processes; accepted: mesh.model \* mesh.data a "
+                                         r"multiple of 2, e.g. --config.mesh.model=4"):
+        experiment.check_config(k)
+    k.mesh.model = 4
+    experiment.check_config(k)
+
+
 def test_global_batch_on_one_process_is_the_indexed_data():
     assert jax.device_count() >= 4, "tests/conftest.py sets 4 host CPU devices"
     rng = np.random.default_rng(0)
@@ -230,32 +279,31 @@ def _free_port() -> int:
 
 
 def _launch(num_processes, devices_each, workdir, out, *extra):
-    """Runs distributed_kd_job.py on ``num_processes`` local processes (each with
-    ``devices_each`` CPU devices); returns their stderr texts."""
+    """Runs distributed_job.py on ``num_processes`` local processes (each with
+    ``devices_each`` CPU devices); returns their logs (stdout and stderr, written to
+    files: a full pipe would block a process that its peers then wait for)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
     port = _free_port()
-    procs = []
+    procs, logs = [], [out.with_name(f"{out.name}_p{i}.log") for i in range(num_processes)]
     for i in range(num_processes):
         dist = [f"--coordinator_address=127.0.0.1:{port}",
                 f"--num_processes={num_processes}", f"--process_id={i}"]
-        procs.append(subprocess.Popen(
-            [sys.executable, JOB, f"--config={CONFIG}", f"--workdir={workdir}",
-             f"--out={out}", *(dist if num_processes > 1 else []), *extra],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
-    errs = []
+        with open(logs[i], "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, JOB, f"--config={CONFIG}", f"--workdir={workdir}",
+                 f"--out={out}", *(dist if num_processes > 1 else []), *extra],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
-        for p in procs:
-            _, err = p.communicate(timeout=240)
-            errs.append(err)
-            assert p.returncode == 0, err[-3000:]
+        for p, log in zip(procs, logs):
+            p.wait(timeout=400)
+            assert p.returncode == 0, log.read_text()[-3000:]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return errs
+    return [log.read_text() for log in logs]
 
 
 def _outputs(out, num_processes):
@@ -264,12 +312,20 @@ def _outputs(out, num_processes):
     return infos, leaves
 
 
+TIMING = ("steps_per_sec", "wall_seconds", "triples_per_sec", "epoch_seconds",
+          "train_seconds", "seconds")
+
+
+def _untimed(row: dict) -> dict:
+    """A result or metrics row without its timings (nested dicts too)."""
+    return {k: _untimed(v) if isinstance(v, dict) else v for k, v in row.items()
+            if k.split("/")[-1] not in TIMING}
+
+
 def _rows(workdir):
-    """metrics.jsonl without the timing column."""
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("train/steps_per_sec", None)
-    return rows
+    """metrics.jsonl without the timing columns."""
+    return [_untimed(json.loads(line))
+            for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _run_files(workdir):
@@ -277,90 +333,175 @@ def _run_files(workdir):
     files = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")
                    if p.is_file() and p.relative_to(workdir).parts[0] not in (
                        "checkpoints", "best"))
-    steps = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    steps = sorted((p.name for p in (workdir / "checkpoints").iterdir()), key=int)
     return [f.split(".out.tfevents")[0] for f in files], steps
+
+
+def _worst(a: dict, b: dict) -> float:
+    """The largest absolute difference between two dicts of same-keyed arrays."""
+    assert sorted(a) == sorted(b)
+    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a)
+
+
+def _assert_rows_close(a, b, rtol, atol):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert np.isclose(rb[k], ra[k], rtol=rtol, atol=atol), (ra["step"], k, ra[k],
+                                                                    rb[k])
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One process x 4 devices; two processes x 2 devices (an uninterrupted run, and a
-    run stopped after update 5, both in the same processes); then two new processes
-    resume the stopped run."""
+    """One process x 4 devices, then two processes x 2 devices, each running the kd, edm
+    and kge trainings in turn; the two processes also stop kd and edm runs early (edm's is
+    resumed in the same processes); then two new processes resume the stopped kd run."""
     root = tmp_path_factory.mktemp("dist")
     _launch(1, 4, root / "one", root / "one_out")
-    errs = _launch(2, 2, root / "two", root / "two_out", f"--cut_workdir={root / 'cut'}",
-                   "--cut_at=5")
-    cut_steps = sorted(p.name for p in (root / "cut" / "checkpoints").iterdir())
-    _launch(2, 2, root / "cut", root / "cut_out")
-    return root, errs, cut_steps
+    logs = _launch(2, 2, root / "two", root / "two_out", f"--cut_workdir={root / 'cut'}")
+    cut_steps = sorted(p.name for p in (root / "cut" / "kd" / "checkpoints").iterdir())
+    _launch(2, 2, root / "cut", root / "cut_out", "--jobs=kd")
+    return root, logs, cut_steps
 
 
-def test_two_processes_train_what_one_process_with_4_devices_trains(runs):
-    root, _, _ = runs
-    (one,), (ref,) = _outputs(root / "one_out", 1)
-    infos, leaves = _outputs(root / "two_out", 2)
+def _layouts(runs, job):
+    """(1 x 4 info, 1 x 4 leaves, 2 x 2 infos, 2 x 2 leaves) of ``job``; checks the
+    layouts and that both processes end with the same results and leaves."""
+    root = runs[0]
+    (one,), (ref,) = _outputs(root / "one_out" / job, 1)
+    infos, leaves = _outputs(root / "two_out" / job, 2)
     assert (one["process_count"], one["device_count"]) == (1, 4)
-    for i, info in enumerate(infos):
+    for info in infos:
         assert (info["process_count"], info["device_count"],
                 info["local_device_count"]) == (2, 4, 2)
+    assert _untimed(infos[0]["result"]) == _untimed(infos[1]["result"])
+    assert sorted(leaves[0]) == sorted(leaves[1]) == sorted(ref)
+    for k in ref:
+        np.testing.assert_array_equal(leaves[0][k], leaves[1][k], err_msg=k)
+    return one, ref, infos, leaves
+
+
+def test_jaxkd_on_two_processes_trains_what_one_process_with_4_devices_trains(runs):
+    root = runs[0]
+    one, ref, infos, leaves = _layouts(runs, "kd")
+    assert len(ref) == 12
+    for i, info in enumerate(infos):
         # Each process feeds its half of every batch (the mesh is process-major).
         sl = mesh_lib.process_batch_slice(16, i, 2)
         assert info["rows"] == list(range(sl.start, sl.stop))
         assert info["result"]["step"] == 8 and info["result"]["steps_per_epoch"] == 4
-    # Every process holds the same numbers, and restores the same student.
-    assert {k: v for k, v in infos[0]["result"].items() if k != "wall_seconds"} == {
-        k: v for k, v in infos[1]["result"].items() if k != "wall_seconds"}
-    assert sorted(leaves[0]) == sorted(leaves[1]) == sorted(ref) and len(ref) == 12
-    for k in ref:
-        np.testing.assert_array_equal(leaves[0][k], leaves[1][k])
+    assert one["rows"] == list(range(16))
     # 2 processes x 2 devices vs 1 x 4: float32 rounding of the cross-process sums only
     # (measured: at most 1.2e-7 after 8 updates, on parameters of size <= 1.02).
-    worst = max(float(np.max(np.abs(leaves[0][k] - ref[k]))) for k in ref)
+    worst = _worst(leaves[0], ref)
     assert worst <= 1e-6, worst
     assert max(float(np.max(np.abs(ref[k]))) for k in ref) > 0.5
     for k in ref:
         np.testing.assert_allclose(leaves[0][k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    a, b = _rows(root / "one"), _rows(root / "two")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [2, 4, 4, 6, 8, 8]
-    for ra, rb in zip(a, b):
-        assert ra.keys() == rb.keys()
-        for k in ra:
-            assert np.isclose(rb[k], ra[k], rtol=1e-6, atol=1e-7), (k, ra[k], rb[k])
+    a, b = _rows(root / "one" / "kd"), _rows(root / "two" / "kd")
+    assert [r["step"] for r in a] == [2, 4, 4, 6, 8, 8]
+    _assert_rows_close(a, b, rtol=1e-6, atol=1e-7)
     for k in ("best_acc", "last_acc", "best_epoch"):      # counts of correct test images
         assert infos[0]["result"][k] == one["result"][k]
 
 
+def test_jaxdiff_train_on_two_processes_trains_what_one_process_with_4_devices_trains(
+        runs):
+    root = runs[0]
+    one, ref, infos, leaves = _layouts(runs, "edm")
+    for i, info in enumerate(infos):
+        sl = mesh_lib.process_batch_slice(16, i, 2)
+        assert info["rows"] == list(range(sl.start, sl.stop))
+    assert one["rows"] == list(range(16))
+    for res in (one["result"], infos[0]["result"]):
+        assert (res["step"], res["steps_per_epoch"], res["num_devices"]) == (4, 2, 4)
+    # params, EMA and both Adam moments after 4 updates over 2 epochs of 32 images
+    assert {k.split("'")[1] for k in ref} == {"step", "params", "ema_params", "opt_state"}
+    # float32 rounding of the cross-process gradient sums, which Adam's first steps
+    # (about lr * sign(gradient)) pass on to small parameters (measured: 3.2e-7 on
+    # parameters of size <= 1.0; Adam's moments 1.5e-8; loss rows 7e-8 relative)
+    worst = _worst(leaves[0], ref)
+    assert worst <= 1e-6, worst
+    assert max(float(np.max(np.abs(ref[k]))) for k in ref if "params" in k) > 0.5
+    a, b = _rows(root / "one" / "edm"), _rows(root / "two" / "edm")
+    assert [r["step"] for r in a] == [2, 4]
+    _assert_rows_close(a, b, rtol=1e-5, atol=1e-7)
+    assert all(r["l2_updates"] > 0 for r in a)
+
+
+def test_kge_on_two_processes_splits_the_table_over_both_and_ranks_as_one(runs):
+    root = runs[0]
+    one, ref, infos, leaves = _layouts(runs, "kge")
+    # 40 entities, 10 rows per device: process 0 holds rows 0-19, process 1 rows 20-39.
+    assert one["entity_rows"] == [[0, 10], [10, 20], [20, 30], [30, 40]]
+    assert [info["entity_rows"] for info in infos] == [[[0, 10], [10, 20]],
+                                                       [[20, 30], [30, 40]]]
+    assert infos[0]["mesh_processes"] == [0, 0, 1, 1]
+    for res in (one["result"], infos[0]["result"]):
+        assert res["mesh"] == {"model": 4, "data": 1} and res["epochs_done"] == 2
+    assert ref["['entity']"].shape == (40, 8)
+    # Lookups and scores are exact (one owner per row); only the replicated relation
+    # table's gradient is a cross-process sum (measured: 1.2e-7 on embeddings of size
+    # <= 1.94 after 2 epochs; the loss rows were bitwise equal).
+    worst = _worst(leaves[0], ref)
+    assert worst <= 1e-6, worst
+    # The filtered ranks are counts summed over the 4 devices of both processes: the
+    # metrics equal the one-process run's.
+    for split in ("valid", "test"):
+        assert _untimed(infos[0]["result"][split]) == _untimed(one["result"][split]), split
+    assert 0 < one["result"]["test"]["mrr"] <= 1
+    a, b = _rows(root / "one" / "kge"), _rows(root / "two" / "kge")
+    assert [r["step"] for r in a] == [1, 2, 2, 2]
+    _assert_rows_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_result(runs):
     root, _, cut_steps = runs
+    # jaxkd: stopped after update 5, resumed by two new processes.
     assert cut_steps == ["4", "5"]
-    infos, leaves = _outputs(root / "cut_out", 2)
-    _, full = _outputs(root / "two_out", 2)
+    infos, leaves = _outputs(root / "cut_out" / "kd", 2)
+    _, full = _outputs(root / "two_out" / "kd", 2)
     assert infos[0]["result"]["step"] == 8
     for k in full[0]:
         np.testing.assert_array_equal(leaves[0][k], full[0][k], err_msg=k)   # bitwise
         np.testing.assert_array_equal(leaves[1][k], full[0][k], err_msg=k)
-    full_rows, cut_rows = _rows(root / "two"), _rows(root / "cut")
+    full_rows, cut_rows = _rows(root / "two" / "kd"), _rows(root / "cut" / "kd")
     # The stopped run also logged at its stop (step 5), so its step-6 row averages step 6
     # alone; every other row (evaluations included) is the uninterrupted run's.
     assert [r["step"] for r in cut_rows] == [2, 4, 4, 5, 6, 8, 8]
     assert [r for r in cut_rows if r["step"] not in (5, 6)] == [
         r for r in full_rows if r["step"] != 6]
+    # jaxdiff.train: stopped after update 3 (checkpoints 2 and 3), resumed from its
+    # checkpoint by the same two processes: params, EMA and Adam state bitwise equal.
+    infos, leaves = _outputs(root / "two_out" / "edm_resumed", 2)
+    _, full = _outputs(root / "two_out" / "edm", 2)
+    assert infos[0]["stopped_with"] == ["2", "3"] and infos[0]["result"]["step"] == 4
+    for k in full[0]:
+        np.testing.assert_array_equal(leaves[0][k], full[0][k], err_msg=k)
+    full_rows, cut_rows = _rows(root / "two" / "edm"), _rows(root / "cut" / "edm")
+    assert [r["step"] for r in cut_rows] == [2, 3, 4] and cut_rows[0] == full_rows[0]
 
 
 def test_only_process_0_writes_the_run_files(runs):
-    root, errs, _ = runs
-    one, two = _run_files(root / "one"), _run_files(root / "two")
-    assert one == two == (["metrics.jsonl", "tb/events"], ["4", "8"])
-    assert len(_rows(root / "two")) == len(_rows(root / "one")) == 6   # no row twice
+    root, logs, _ = runs
+    expected = {"kd": (["metrics.jsonl", "tb/events"], ["4", "8"]),
+                "edm": (["metrics.jsonl", "tb/events"], ["2", "4"]),
+                "kge": (["metrics.jsonl", "results.json", "tb/events"], ["1", "2"])}
+    for job, files in expected.items():
+        assert _run_files(root / "one" / job) == _run_files(root / "two" / job) == files
+        # no row written twice
+        assert len(_rows(root / "two" / job)) == len(_rows(root / "one" / job)), job
     assert not (root / "two" / workdir_lib.LOCK_FILE).exists()
     # Orbax wrote each process's part; process 0's integrity record covers them all.
-    mngr = checkpoints.manager(str(root / "two"), read_only=True)
-    try:
-        for step in (4, 8):
-            record = json.loads((root / "two" / "checkpoints" / str(step) /
-                                 checkpoints.INTEGRITY_FILE).read_text())["sha256"]
-            assert any("process_1" in name for name in record), sorted(record)
-            assert checkpoints.verify(mngr, step) is None
-    finally:
-        mngr.close()
-    assert all("Traceback" not in e for e in errs)
+    for job, steps in (("kd", (4, 8)), ("edm", (2, 4)), ("kge", (1, 2))):
+        mngr = checkpoints.manager(str(root / "two" / job), read_only=True)
+        try:
+            for step in steps:
+                record = json.loads((root / "two" / job / "checkpoints" / str(step) /
+                                     checkpoints.INTEGRITY_FILE).read_text())["sha256"]
+                assert any("process_1" in name for name in record), (job, sorted(record))
+                assert checkpoints.verify(mngr, step) is None
+        finally:
+            mngr.close()
+    assert all("Traceback" not in log for log in logs)

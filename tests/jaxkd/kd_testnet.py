@@ -1,4 +1,5 @@
-"""A tiny two-stage CNN with the jaxkd model interface, for fast trainer/method tests.
+"""A tiny two-stage CNN with the jaxkd model interface, for fast trainer/method tests, and
+the tiny training config that uses it (:func:`tiny_config`).
 
 ``apply(v, x, train)`` -> (logits, [f0 stem, f1, f2, pooled]); ``forward_from(h, index)``
 runs the stages after ``index`` and the head. Compiles in a fraction of a ResNet's time.
@@ -7,6 +8,8 @@ import types
 
 import flax.linen as nn
 import jax
+
+from configs.kd import common
 
 
 class TinyNet(nn.Module):
@@ -52,3 +55,25 @@ def count_params(params):
 
 
 ZOO = types.SimpleNamespace(MODELS=tuple(MODELS), create=create, count_params=count_params)
+
+
+def tiny_config(method="ce", **overrides):
+    """configs/kd/common.py's ``tiny`` recipe for ``method`` on the 4-channel TinyNet
+    (student and teachers "tiny4"; swap ``jaxkd.train._models`` for :data:`ZOO`): 8x8
+    digits, batch 16, 2 epochs, constant lr 0.2, crops shifted by <= 1 pixel, a log
+    every 2 updates, the test split in batches of 40, one device. ``overrides`` set
+    top-level fields (e.g. ``num_epochs=3``, ``num_devices=0``)."""
+    c = common.make(method, "tiny", num_teachers=2 if method == "camkd" else 1)
+    c.student = "tiny4"
+    c.teacher.model = "tiny4"
+    c.batch_size = 16
+    c.num_epochs = 2
+    c.optim.milestones = ()
+    c.optim.lr = 0.2
+    c.augment.pad = 1                       # 8x8 digits: crops shifted by <= 1 pixel
+    c.log_every = 2
+    c.eval_batch_size = 40
+    c.num_devices = 1
+    for k, v in overrides.items():
+        c[k] = v
+    return c

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from faults import assert_same_leaves, flip_bit, largest_file, truncate
 from kd_testnet import ZOO
+from kd_testnet import tiny_config as _config
 
 from configs.kd import common
 from jaxinfra import checkpoints
@@ -42,23 +43,6 @@ def datasets():
     tr = data.load("digits", "train", max_examples=64)
     te = data.load("digits", "test", max_examples=40)
     return tr, te
-
-
-def _config(method="ce", **kw):
-    c = common.make(method, "tiny", num_teachers=2 if method == "camkd" else 1)
-    c.student = "tiny4"
-    c.teacher.model = "tiny4"
-    c.batch_size = 16
-    c.num_epochs = 2
-    c.optim.milestones = ()
-    c.optim.lr = 0.2
-    c.augment.pad = 1                       # 8x8 digits: crops shifted by <= 1 pixel
-    c.log_every = 2
-    c.eval_batch_size = 40
-    c.num_devices = 1
-    for k, v in kw.items():
-        c[k] = v
-    return c
 
 
 def _teachers(k, seed=0):
@@ -546,7 +530,7 @@ def test_bad_names_fail_early(datasets, tmp_path):
         train.build(_config("ce", batch_size=15, num_devices=4), (8, 8, 1), 10, 4)
     with pytest.raises(FileNotFoundError, match="train it first"):
         train.load_student(str(tmp_path / "nothing"))
-    with pytest.raises(ValueError, match="'tinny'; accepted: fashion, tiny, seed="):
+    with pytest.raises(ValueError, match="'tinny'; accepted: fashion, fashion_full, tiny, seed="):
         common.make("kd", "tinny")
     with pytest.raises(ValueError, match="exclude each other"):
         common.make("kd", "fashion,tiny")
@@ -559,11 +543,15 @@ def test_bad_names_fail_early(datasets, tmp_path):
 def test_configs_build(name):
     mod = importlib.import_module(f"configs.kd.{name}")
     assert "python -m jaxkd.train" in mod.__doc__
-    for arg in ("", "fashion", "tiny,seed=2"):
+    for arg in ("", "fashion", "fashion_full", "tiny,seed=2"):
         c = mod.get_config(arg)
         assert c.method.name == ("ce" if name == "teacher" else name)
         if name in ("camkd", "aver", "ebkd", "fitnet_mkd", "aekd"):
             assert len(c.teacher.workdirs) == 3
     assert mod.get_config("fashion").dataset == "fashion_mnist"
+    full = mod.get_config("fashion_full")
+    assert (full.max_train, full.max_test, full.num_epochs) == (0, 0, 6)
+    if full.teacher.workdirs:
+        assert full.teacher.workdirs[0].startswith("runs/kd_fashion_full/teacher_s")
     assert mod.get_config("tiny,seed=2").seed == 2
     assert mod.get_config("").optim.milestones == (150, 180, 210)

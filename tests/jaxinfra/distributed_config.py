@@ -1,0 +1,34 @@
+"""The tiny trainings of tests/jaxinfra/test_distributed.py, one sub-config per job
+(distributed_job.py runs them in this order), each on every device of every process:
+
+  kd   jaxkd.train, plain cross-entropy: the 4-channel CNN of tests/jaxkd/kd_testnet.py on
+       64 digits, batch 16, 2 epochs of 4 updates (checkpoints at 4 and 8), test accuracy
+       on 40 digits;
+  edm  jaxdiff.train: configs/edm_digits.py:tiny with one resolution (the smallest
+       compile) and GroupNorm groups of 4 channels (groups of 1 would normalise away every
+       bias before them: gradients of pure rounding noise, which Adam scales to lr-sized
+       steps), on 32 digits, batch 16, 4 updates = 2 epochs (checkpoints at 2 and 4);
+  kge  python -m jaxgraph.kge: configs/kge/kge.py:tiny (RotatE, dim 8, 40 generated
+       entities, 2 epochs), the entity table split over 4 devices (``mesh.model=4``).
+
+``cut``: the update (kd, edm) after which the stopped runs (``--cut_workdir``) end.
+"""
+import ml_collections
+from kd_testnet import tiny_config
+
+from configs import edm_digits
+from configs.kge.kge import get_config as kge_config
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.kd = tiny_config("ce", max_train=64, max_test=40, num_devices=0, progress=False)
+    c.edm = edm_digits.get_config("tiny")
+    c.edm.max_examples = 32
+    c.edm.num_devices = 0
+    c.edm.model.channel_mults = (1,)
+    c.edm.model.norm_groups = 2
+    c.kge = kge_config("tiny")
+    c.kge.mesh.model = 4
+    c.cut = ml_collections.ConfigDict({"kd": 5, "edm": 3})
+    return c
