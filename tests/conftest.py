@@ -29,6 +29,25 @@ from idx_files import write_fashion_like  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 
+# The longest test modules (each 40-100 s on 2 cores), collected first: xdist's loadscope
+# hands out modules in collection order, and these came last (tests/test_notebooks.py
+# sorts after the package folders), so one worker ran them while the others sat idle.
+# Longest first, as measured on a fresh clone (2 cores, 3 workers).
+_NB = "tests/test_notebooks.py::TestRun_"
+LONGEST_FIRST = ("tests/jaxinfra/test_distributed.py", _NB + "07", _NB + "02",
+                 "tests/jaxkd/test_kt.py", "tests/jaxdiff/test_guide.py", _NB + "04",
+                 _NB + "01", "tests/jaxdiff/test_compare.py", "tests/jaxdiff/test_amed.py",
+                 _NB + "03", _NB + "06")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest modules first (a stable sort; the order inside a module is kept)."""
+    def rank(item):
+        return next((i for i, p in enumerate(LONGEST_FIRST) if item.nodeid.startswith(p)),
+                    len(LONGEST_FIRST))
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fixture_data_path(tmp_path_factory):
     """Every test (and every subprocess it starts) sees only the fixture data sets."""

@@ -190,12 +190,11 @@ def test_unseen_entities_and_relations_keep_filter_error(tmp_path):
 
 
 def test_unseen_through_the_config(tmp_path, monkeypatch):
-    from test_kge import _get_config
-
+    from configs.kge.kge import get_config as kge_config
     from jaxgraph.kge import experiment
     monkeypatch.setenv("JAXGRAPH_CACHE", str(tmp_path / "cache"))
     _write_raw(tmp_path / "g", valid=_text("valid", "new1\tr0\te1\n").encode())
-    c = _get_config("tiny")
+    c = kge_config("tiny")
     c.dataset, c.data_dir, c.unseen = "g", str(tmp_path), "filter"
     with pytest.warns(UserWarning, match="dropped 1 of 25 valid triples"):
         d = experiment.load_data(c)
