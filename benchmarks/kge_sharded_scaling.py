@@ -19,9 +19,24 @@ filtered with all triples). Reported per V:
     per device fitted as fixed + per-row bytes over the sizes run (CPU compiles: a TPU's
     may differ), the largest V that fits whole chips.
 
+With ``--pykeen=1`` (``pip install 'pykeen>=1.10'``), the same triples go to PyKEEN as far
+as it fits, each size in a fresh process (so its peak RSS is its own, and a crash or an
+out-of-memory kill is recorded, not fatal): DistMult with ``--dim``, the same
+``--negatives`` per positive, ``--batch``, Adam ``--lr`` and the ``--steps`` batches our
+side trains on (PyKEEN reshuffles them), self-adversarial loss (NSSALoss, margin 0,
+temperature 1), PyKEEN's entity unit-norm constraint and relation L2 regularizer off to
+match our model. Its training triples/s is timed over those batches after
+``--pykeen_warmup`` warm-up batches; memory is parameter + Adam bytes read from the torch
+model and optimizer, and the worker's peak RSS. Differences that remain: PyKEEN corrupts
+the head for the first half of a batch's negatives and the tail for the rest (ours picks a
+side per positive at random), draws negatives with torch instead of JAX's PRNG, runs eager
+torch on the host's CPUs unsharded (no 4-device mesh), and initialises with Xavier.
+
 Host "devices" share the machine's CPU cores, so sharding over them adds communication
 and no compute: the speeds show overhead, not the speed-up of real chips. Writes
-``--out`` (default benchmarks/results/kge_sharded_scaling.json) with the load average.
+``--out`` (default benchmarks/results/kge_sharded_scaling.json) with the load average; a
+run whose load average per CPU before or after exceeds ``--max_load`` is marked
+``"timing_result": false`` (a busy machine: the speeds are not a measurement).
 """
 from __future__ import annotations
 
@@ -35,6 +50,9 @@ import argparse  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -191,6 +209,136 @@ def _unsharded_bytes(state, num_entities: int) -> int:
                    else leaf.nbytes for leaf, split in _split_leaves(state)))
 
 
+def _rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _pykeen_triples(num_entities: int, args):
+    """(warm-up, timed, num_relations): (N, 3) int64 arrays of the first
+    ``--pykeen_warmup`` and the first ``--steps`` batches our side trains on (same
+    generator, seed and batch order)."""
+    data = kg_data.synthetic_kg(num_entities, args.relations, seed=0)
+    idx = np.asarray(trainer.epoch_indices(len(data.train), args.batch, 0, 0))
+    if len(idx) < args.steps:
+        raise ValueError(f"--steps={args.steps} x --batch={args.batch} exceeds the "
+                         f"{len(data.train)} training triples")
+    take = lambda n: data.train[idx[:n]].reshape(-1, 3).astype(np.int64)
+    return take(max(args.pykeen_warmup, 1)), take(args.steps), data.num_relations
+
+
+def _torch_bytes(tensors) -> int:
+    """Total bytes of the torch tensors among ``tensors``."""
+    import torch
+    return int(sum(t.numel() * t.element_size() for t in tensors
+                   if isinstance(t, torch.Tensor)))
+
+
+def pykeen_train(num_entities: int, args) -> dict:
+    """PyKEEN's DistMult on our synthetic graph: triples/s and memory (run in a worker)."""
+    import pykeen.version
+    import torch
+    from pykeen.losses import NSSALoss
+    from pykeen.models import DistMult
+    from pykeen.training import SLCWATrainingLoop
+    from pykeen.triples import CoreTriplesFactory
+
+    rss_before = _rss_bytes()
+    warm, timed, num_relations = _pykeen_triples(num_entities, args)
+    factory = lambda x: CoreTriplesFactory.create(torch.as_tensor(x), num_entities,
+                                                  num_relations)
+    model = DistMult(triples_factory=factory(timed), embedding_dim=args.dim,
+                     entity_constrainer=None, regularizer=None, random_seed=0,
+                     loss=NSSALoss(margin=0.0, adversarial_temperature=1.0))
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    loop = SLCWATrainingLoop(model=model, triples_factory=factory(timed), optimizer=opt,
+                             negative_sampler="basic",
+                             negative_sampler_kwargs={"num_negs_per_pos": args.negatives})
+    kw = dict(batch_size=args.batch, use_tqdm=False, use_tqdm_batch=False,
+              sub_batch_size=None, drop_last=False, clear_optimizer=False, pin_memory=False)
+    t0 = time.perf_counter()
+    loop.train(factory(warm), num_epochs=1, **kw)        # epoch 1: the warm-up batches
+    warm_s = time.perf_counter() - t0
+    t0 = time.perf_counter()                             # epoch 2 (num_epochs is a total)
+    losses = loop.train(factory(timed), num_epochs=2, continue_training=True, **kw)
+    seconds = time.perf_counter() - t0
+    if len(losses) != 2 or not np.isfinite(losses[-1]):    # the history of both epochs
+        raise FloatingPointError(f"PyKEEN's timed epoch gave losses {losses}")
+    params = _torch_bytes(model.parameters())
+    adam = _torch_bytes(v for st in loop.optimizer.state.values() for v in st.values())
+    return {"status": "ok", "train_triples_per_s": len(timed) / seconds,
+            "timed_triples": len(timed), "warmup_s": warm_s, "loss": float(losses[-1]),
+            "param_bytes": params, "optimizer_bytes": adam,
+            "state_bytes": params + adam, "rss_before_bytes": rss_before,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "torch_threads": torch.get_num_threads(),
+            "versions": {"pykeen": pykeen.version.get_version(),
+                         "torch": torch.__version__}}
+
+
+def _pykeen_failure(status: str, detail: str) -> dict:
+    """The PyKEEN result of a size that did not run to the end."""
+    return {"status": status, "detail": detail[-2000:]}
+
+
+def pykeen_row(num_entities: int, args) -> dict:
+    """:func:`pykeen_train` for V entities in a fresh process; a failure, timeout or kill
+    (e.g. out of memory) is the result, not an exception."""
+    cmd = [sys.executable, "-m", "benchmarks.kge_sharded_scaling",
+           f"--pykeen_worker={num_entities}"] + [
+        f"--{k}={getattr(args, k)}" for k in ("dim", "relations", "steps", "batch",
+                                              "negatives", "lr", "pykeen_warmup")]
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                           timeout=args.pykeen_timeout)
+    except subprocess.TimeoutExpired:
+        return _pykeen_failure("timeout", f"over --pykeen_timeout={args.pykeen_timeout} s")
+    lines = p.stdout.strip().splitlines()
+    if p.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    status = "killed (out of memory?)" if p.returncode < 0 else "error"
+    return _pykeen_failure(status, f"exit {p.returncode}: {p.stderr}")
+
+
+def _pykeen_worker(args) -> None:
+    """Body of the ``--pykeen_worker`` process: prints one JSON line, whatever happens."""
+    try:
+        out = pykeen_train(args.pykeen_worker, args)
+    except Exception as e:   # noqa: BLE001 - any failure is this size's result
+        out = _pykeen_failure("error", f"{type(e).__name__}: {e}")
+    print(json.dumps(out), flush=True)
+
+
+def pykeen_rows(rows, args) -> None:
+    """Adds ``row["pykeen"]`` to every row, smallest V first; after a size fails the
+    larger ones are recorded as skipped."""
+    failed = None
+    for row in sorted(rows, key=lambda r: r["num_entities"]):
+        if failed is None:
+            row["pykeen"] = pykeen_row(row["num_entities"], args)
+            print(json.dumps({"num_entities": row["num_entities"], "pykeen": row["pykeen"]}),
+                  flush=True)
+            if row["pykeen"]["status"] != "ok":
+                failed = row["num_entities"]
+        else:
+            row["pykeen"] = _pykeen_failure("skipped", f"PyKEEN failed at V={failed}")
+
+
+def timing_status(load_before: float, load_after: float, max_load: float) -> dict:
+    """Whether the speeds are a timing result: the load average per CPU before and after
+    stayed at most ``max_load`` (other work on the machine slows and skews both sides)."""
+    per_cpu = max(load_before, load_after) / (os.cpu_count() or 1)
+    ok = per_cpu <= max_load
+    return {"timing_result": bool(ok),
+            "timing_note": ("" if ok else
+                            f"busy machine (load {per_cpu:.2f} per CPU > --max_load="
+                            f"{max_load}): speeds are not a timing result")}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
@@ -207,24 +355,38 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=4096)
     ap.add_argument("--hbm_fraction", type=float, default=0.75)
     ap.add_argument("--compare_unsharded", type=int, default=1)
+    ap.add_argument("--pykeen", type=int, default=0,
+                    help="1: also train PyKEEN's DistMult on the same triples")
+    ap.add_argument("--pykeen_warmup", type=int, default=2, help="warm-up batches")
+    ap.add_argument("--pykeen_timeout", type=float, default=1800.0,
+                    help="seconds per size before PyKEEN's result is a timeout")
+    ap.add_argument("--pykeen_worker", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--max_load", type=float, default=0.25,
+                    help="load average per CPU above which speeds are not a timing result")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                   "kge_sharded_scaling.json"))
     args = ap.parse_args(argv)
+    if args.pykeen_worker:
+        return _pykeen_worker(args)
     mesh = sharded.make_mesh(model=args.shards)
     load_before = os.getloadavg()[0]
     rows = []
     for n in map(int, args.sizes.split(",")):
         rows.append(run_size(n, args, mesh))
         print(json.dumps(rows[-1]), flush=True)
+    if args.pykeen:
+        pykeen_rows(rows, args)
+    load_after = os.getloadavg()[0]
     out = {"command": "python -m benchmarks.kge_sharded_scaling " + " ".join(
-               f"--{k}={v}" for k, v in vars(args).items() if k != "out"),
+               f"--{k}={v}" for k, v in vars(args).items() if k not in ("out", "pykeen_worker")),
            "rows": rows, "xla_temporaries": temporaries_fit(rows),
            "machine": f"{os.cpu_count()} CPUs {platform.machine()}, jax {jax.__version__}, "
                       f"{args.shards} host devices sharing the CPUs",
            "v5e_64_assumptions": f"{V5E_CHIPS} chips x 16 GiB HBM, entity rows split over "
                                  f"all chips, tables + Adam moments within "
                                  f"{args.hbm_fraction:.0%} of HBM",
-           "load_average_before": load_before, "load_average_after": os.getloadavg()[0]}
+           "load_average_before": load_before, "load_average_after": load_after,
+           **timing_status(load_before, load_after, args.max_load)}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
