@@ -328,10 +328,10 @@ def pykeen_rows(rows, args) -> None:
             row["pykeen"] = _pykeen_failure("skipped", f"PyKEEN failed at V={failed}")
 
 
-def timing_status(load_before: float, load_after: float, max_load: float) -> dict:
+def timing_status(load_before: float, max_load: float) -> dict:
     """Whether the speeds are a timing result: the 1-minute load average per CPU before
     the run was at most ``max_load`` (other work slows and skews both sides). The load
-    after is recorded but not judged: it includes this benchmark's own work."""
+    after (recorded by the caller) is not judged: it includes this benchmark's own work."""
     per_cpu = load_before / (os.cpu_count() or 1)
     ok = per_cpu <= max_load
     return {"timing_result": bool(ok),
@@ -387,7 +387,7 @@ def main(argv=None):
                                  f"all chips, tables + Adam moments within "
                                  f"{args.hbm_fraction:.0%} of HBM",
            "load_average_before": load_before, "load_average_after": load_after,
-           **timing_status(load_before, load_after, args.max_load)}
+           **timing_status(load_before, args.max_load)}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)

@@ -127,15 +127,12 @@ def fd_scorer(classifier, target):
 
 
 def step_noise(seed: int, num_draws: int, shape, dtype=jnp.float32):
-    """Standard normal draws (num_draws,) + shape; slice i is
-    ``normal(fold_in(key(seed), i), shape)`` whatever ``num_draws`` is, so a row with n
-    timestamps takes the first n - 1 slices. With JAX's default partitionable threefry
-    (``split(key, m)[i] == fold_in(key, i)``) these are the draws of
-    ``jaxdiff.sample(..., key=jax.random.key(seed))`` (``jaxdiff.draw_noise``), made with
-    one compile for all rows instead of one per row."""
-    key = jax.random.key(seed)
-    draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape), dtype)
-    return jax.jit(jax.vmap(draw))(jnp.arange(int(num_draws)))
+    """Standard normal draws (num_draws,) + shape for every stochastic row at once: the
+    draws of ``jaxdiff.sample(..., key=jax.random.key(seed))`` for a schedule of
+    ``num_draws + 1`` timestamps (:func:`jaxdiff.draw_noise`). With JAX's default
+    partitionable threefry (``split(key, m)[i] == fold_in(key, i)``) slice i does not
+    depend on ``num_draws``, so a row with n timestamps takes the first n - 1 slices."""
+    return jaxdiff.draw_noise(jax.random.key(seed), int(num_draws) + 1, shape, dtype)
 
 
 AFS_MEANS = ("zero", "data", "denoiser")
