@@ -155,7 +155,7 @@ class TorchGMMDenoiser:
     calls its models: ``model(x (B, ...), sigma (B,))``.
     """
 
-    def __init__(self, gmm: denoisers.GaussianMixture, dtype=None):
+    def __init__(self, gmm: denoisers.GaussianMixture, dtype=None, device="cpu"):
         import torch
 
         dtype = torch.float32 if dtype is None else dtype
@@ -164,9 +164,11 @@ class TorchGMMDenoiser:
         if variances.ndim == 1:
             variances = np.broadcast_to(variances[:, None], means.shape)
         weights = np.asarray(gmm.weights, np.float64)
-        self.means = torch.as_tensor(means, dtype=dtype)                  # (K, D)
-        self.variances = torch.as_tensor(np.ascontiguousarray(variances), dtype=dtype)
-        self.log_w = torch.as_tensor(np.log(weights / weights.sum()), dtype=dtype)  # (K,)
+        self.means = torch.as_tensor(means, dtype=dtype, device=device)   # (K, D)
+        self.variances = torch.as_tensor(np.ascontiguousarray(variances), dtype=dtype,
+                                         device=device)
+        self.log_w = torch.as_tensor(np.log(weights / weights.sum()), dtype=dtype,
+                                     device=device)                       # (K,)
         self.log_2pi = math.log(2 * math.pi)
 
     def __call__(self, x, sigma):
@@ -242,10 +244,11 @@ class FixedNoise:
     ``calls`` counts the slices served (a run must take exactly one per step).
     """
 
-    def __init__(self, noise: np.ndarray):
+    def __init__(self, noise: np.ndarray, device="cpu"):
         import torch
 
-        self.noise, self.calls = torch.from_numpy(np.ascontiguousarray(noise)), 0
+        self.noise = torch.from_numpy(np.ascontiguousarray(noise)).to(device)
+        self.calls = 0
 
     def __call__(self, *args, **kwargs):
         if self.calls >= self.noise.shape[0]:
@@ -270,26 +273,27 @@ def _randn_like_from(source):
 
 
 def run_kdiffusion(kds, sampler: str, model, x0: np.ndarray, sigmas: np.ndarray,
-                   noise: np.ndarray | None = None, options: dict | None = None):
-    """Runs ``k_diffusion.sampling.<sampler>(**options)``; returns the final sample as
-    numpy. With ``noise`` (steps, B, ...), step i's draw is ``noise[i]``; a sampler that
-    takes a different number of draws is a RuntimeError."""
+                   noise: np.ndarray | None = None, options: dict | None = None,
+                   device="cpu"):
+    """Runs ``k_diffusion.sampling.<sampler>(**options)`` on torch ``device``; returns
+    the final sample as numpy. With ``noise`` (steps, B, ...), step i's draw is
+    ``noise[i]``; a sampler that takes a different number of draws is a RuntimeError."""
     import torch
 
     fn = getattr(kds, sampler)
     if noise is not None and noise.shape[0] != len(sigmas) - 1:
         raise ValueError(f"noise has {noise.shape[0]} slices for {len(sigmas) - 1} steps")
     kwargs = dict(options or {})
-    source = None if noise is None else FixedNoise(noise)
+    source = None if noise is None else FixedNoise(noise, device)
     patch = contextlib.nullcontext()
     if source is not None and "noise_sampler" in inspect.signature(fn).parameters:
         kwargs["noise_sampler"] = source
     elif source is not None:
         patch = _randn_like_from(source)
     with torch.inference_mode(), patch:
-        x = torch.from_numpy(x0.copy())
-        s = torch.from_numpy(sigmas.copy())
-        out = fn(model, x, s, disable=True, **kwargs).numpy()
+        x = torch.from_numpy(x0.copy()).to(device)
+        s = torch.from_numpy(sigmas.copy()).to(device)
+        out = fn(model, x, s, disable=True, **kwargs).cpu().numpy()
     if source is not None and source.calls != noise.shape[0]:
         raise RuntimeError(f"{sampler} took {source.calls} noise draws in "
                            f"{noise.shape[0]} steps: the runs would not share their noise")
@@ -383,8 +387,10 @@ def _sample_positional(denoise_fn, x, sigmas, noise=None, *, solver, options):
 
 
 def benchmark_case(kds, name: str, gmm, batch: int, nfe: int, *, torch_model, jax_denoiser,
-                   timing: dict, seed: int = 0) -> dict:
-    """Agreement and timings of one (solver, batch) case; returns the JSON record."""
+                   timing: dict, seed: int = 0, torch_device="cpu") -> dict:
+    """Agreement and timings of one (solver, batch) case; returns the JSON record.
+    ``torch_device`` "cuda": k-diffusion runs on the GPU, each timed call ending in
+    ``torch.cuda.synchronize()`` (as jaxdiff's end in ``block_until_ready``)."""
     import torch
 
     sampler, solver, options, kd_options = solver_spec(name)
@@ -410,7 +416,8 @@ def benchmark_case(kds, name: str, gmm, batch: int, nfe: int, *, torch_model, ja
 
     # k-diffusion agreement run, counting denoiser calls.
     counter = CallCounter(torch_model)
-    x_torch = run_kdiffusion(kds, sampler, counter, x0, sigmas, noise, kd_options)
+    x_torch = run_kdiffusion(kds, sampler, counter, x0, sigmas, noise, kd_options,
+                             torch_device)
     nfe_jax = jaxdiff.nfe(solver, num_steps, **options)
     if counter.calls != nfe_jax:
         raise RuntimeError(f"{name}: k-diffusion made {counter.calls} denoiser calls, "
@@ -420,18 +427,21 @@ def benchmark_case(kds, name: str, gmm, batch: int, nfe: int, *, torch_model, ja
 
     # Timings: inputs built once; one warm-up call each (jaxdiff's was the first call
     # above), then torch, jaxdiff and jit-wrapped jaxdiff calls in alternation.
-    x_t, s_t = torch.from_numpy(x0.copy()), torch.from_numpy(sigmas.copy())
+    x_t = torch.from_numpy(x0.copy()).to(torch_device)
+    s_t = torch.from_numpy(sigmas.copy()).to(torch_device)
+    sync = torch.cuda.synchronize if torch_device != "cpu" else (lambda: None)
     sample_fn = getattr(kds, sampler)
     takes_sampler = "noise_sampler" in inspect.signature(sample_fn).parameters
 
     def torch_call():
         kwargs, patch = dict(kd_options), contextlib.nullcontext()
         if noise is not None and takes_sampler:
-            kwargs["noise_sampler"] = FixedNoise(noise)
+            kwargs["noise_sampler"] = FixedNoise(noise, torch_device)
         elif noise is not None:
-            patch = _randn_like_from(FixedNoise(noise))
+            patch = _randn_like_from(FixedNoise(noise, torch_device))
         with torch.inference_mode(), patch:
             sample_fn(torch_model, x_t, s_t, disable=True, **kwargs)
+            sync()
 
     # The same call inside the caller's jax.jit, denoiser passed as an argument (so its
     # parameters stay traced, as in the plain call): sample's Python-side argument
@@ -462,7 +472,7 @@ def benchmark_case(kds, name: str, gmm, batch: int, nfe: int, *, torch_model, ja
 # ----------------------------------------------------------------------- reporting
 
 
-def environment(kd_how: str) -> dict:
+def environment(kd_how: str, torch_device: str = "cpu") -> dict:
     import torch
 
     try:
@@ -478,7 +488,9 @@ def environment(kd_how: str) -> dict:
         torch=torch.__version__, k_diffusion=_version("k-diffusion"),
         scikit_learn=_version("scikit-learn"), jaxdiff=jaxdiff.__version__,
         jax_device=f"{dev.platform}: {dev.device_kind}", jax_device_count=jax.device_count(),
-        torch_device="cpu", torch_num_threads=torch.get_num_threads(),
+        torch_device=(torch_device if torch_device == "cpu" else
+                      f"{torch_device}: {torch.cuda.get_device_name()}"),
+        torch_num_threads=torch.get_num_threads(),
         torch_cuda_available=bool(torch.cuda.is_available()),
         xla_flags=os.environ.get("XLA_FLAGS", ""), kdiffusion_import=kd_how)
 
@@ -503,7 +515,8 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {env['cpu_count']} CPUs ({env['processor']}), {env['platform']}; "
         f"torch {env['torch']} ({env['torch_num_threads']} threads), k-diffusion "
-        f"{env['k_diffusion']}, jax {env['jax']} on {env['jax_device']}. "
+        f"{env['k_diffusion']} on {env.get('torch_device', 'cpu')}, jax {env['jax']} on "
+        f"{env['jax_device']}. "
         f"Mode: {'quick' if cfg['quick'] else 'full'}.",
         "",
         "| solver | NFE | batch | k-diffusion ms | jaxdiff ms | ratio | jaxdiff (jit) ms "
@@ -549,12 +562,13 @@ def markdown(report: dict) -> str:
 
 
 def run(out: str, quick: bool = False, nfe: int = 10, components: int = 20, seed: int = 0,
-        batches=None, solvers=None) -> dict:
+        batches=None, solvers=None, torch_device: str = "cpu",
+        min_total_s: float = 4.0) -> dict:
     kds, kd_how = load_kdiffusion_sampling()
     batches = tuple(batches) if batches else ((1, 8) if quick else (1, 64, 1024))
     solvers = tuple(solvers) if solvers else tuple(SOLVERS)
     timing = (dict(min_repeats=1, max_repeats=1, min_total_s=0.0) if quick
-              else dict(min_repeats=5, max_repeats=1000, min_total_s=4.0))
+              else dict(min_repeats=5, max_repeats=1000, min_total_s=min_total_s))
     busy = cpu_busy_fraction()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     if busy is not None and busy > 0.2:
@@ -562,7 +576,7 @@ def run(out: str, quick: bool = False, nfe: int = 10, components: int = 20, seed
               "timings will be disturbed by the other processes", flush=True)
     t_start, ticks_start = time.perf_counter(), _cpu_ticks()
     gmm = fit_digits_gmm(components, seed)
-    torch_model = TorchGMMDenoiser(gmm)
+    torch_model = TorchGMMDenoiser(gmm, device=torch_device)
     # One denoiser object for the whole run: it is a static jit argument, so reusing it
     # reuses the compiled program for each (solver, shape).
     jax_denoiser = denoisers.gaussian_mixture(gmm.means, gmm.variances, gmm.weights)
@@ -570,7 +584,8 @@ def run(out: str, quick: bool = False, nfe: int = 10, components: int = 20, seed
     for name in solvers:
         for batch in batches:
             r = benchmark_case(kds, name, gmm, batch, nfe, torch_model=torch_model,
-                               jax_denoiser=jax_denoiser, timing=timing, seed=seed)
+                               jax_denoiser=jax_denoiser, timing=timing, seed=seed,
+                               torch_device=torch_device)
             rows.append(r)
             print(f"{name:9s} nfe={r['nfe']:3d} batch={batch:5d}  "
                   f"torch {1e3 * r['torch_s']:9.3f} ms"
@@ -592,7 +607,7 @@ def run(out: str, quick: bool = False, nfe: int = 10, components: int = 20, seed
                     batches=list(batches), solvers=list(solvers), sigma_min=SIGMA_MIN,
                     sigma_max=SIGMA_MAX, rho=RHO, schedule="polynomial", dtype="float32",
                     timing=timing, data="sklearn digits 8x8 /8 - 1"),
-        environment=dict(environment(kd_how), cpu_busy_before_run=busy,
+        environment=dict(environment(kd_how, torch_device), cpu_busy_before_run=busy,
                          cpu_busy_by_others_during_timings=others,
                          loadavg_before_run=load_before,
                          loadavg_after_run=os.getloadavg() if hasattr(os, "getloadavg")
@@ -631,8 +646,15 @@ def main(argv=None):
                    help="comma-separated batch sizes (default 1,64,1024; quick 1,8)")
     p.add_argument("--solvers", type=lambda s: s.split(","), default=None,
                    help=f"comma-separated subset of {','.join(SOLVERS)}")
+    p.add_argument("--torch_device", default="cpu",
+                   help="torch device of k-diffusion: cpu or cuda (jax uses its default)")
+    p.add_argument("--min_total_s", type=float, default=4.0,
+                   help="seconds of timed calls per case, at least (repeats 5 to 1000)")
     a = p.parse_args(argv)
-    run(a.out, a.quick, a.nfe, a.components, a.seed, a.batches, a.solvers)
+    if a.torch_device not in ("cpu", "cuda"):
+        p.error(f"--torch_device={a.torch_device!r}; accepted: cpu, cuda")
+    run(a.out, a.quick, a.nfe, a.components, a.seed, a.batches, a.solvers, a.torch_device,
+        a.min_total_s)
 
 
 if __name__ == "__main__":
