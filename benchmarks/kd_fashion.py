@@ -38,6 +38,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -224,13 +225,36 @@ def _run(key, config, workdir, teachers=None, record=None):
     return res
 
 
+_RUN_LINE = re.compile(r"^(\S+_s\d+) (\S+) -> best ([\d.]+) last ([\d.]+) "
+                       r"\(([\d.]+) s(, adopted)?\)$")
+
+
+def runs_from_logs(paths):
+    """{run: result} from the run lines this script prints (``_run``), for runs whose
+    result.json did not survive (e.g. a device machine's files that were not brought
+    back). Each result holds best_acc, last_acc, total_seconds, the config argument and
+    ``source: "log:<path>"``; a later line of the same run wins."""
+    out = {}
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                m = _RUN_LINE.match(line.strip())
+                if m:
+                    key, config, best, last, secs, adopted = m.groups()
+                    out[key] = {"best_acc": float(best), "last_acc": float(last),
+                                "total_seconds": float(secs), "config": config,
+                                "source": f"log:{path}", **({"adopted": True} if adopted
+                                                             else {})}
+    return out
+
+
 def _wall(roots, runs):
     """Seconds from the start of the first run to the end of the last (result.json
     mtime minus the run's duration; ``roots``: run -> the folder holding it), also when
     the table was split over processes. Adopted runs are left out (None: none left)."""
     ends, starts = [], []
     for k, r in runs.items():
-        if r.get("adopted"):
+        if r.get("adopted") or "source" in r:        # logged runs have no result.json
             continue
         end = os.path.getmtime(os.path.join(roots[k], k, "result.json"))
         ends.append(end)
@@ -415,6 +439,10 @@ def main(argv=None):
     p.add_argument("--collect", action="store_true",
                    help="train nothing: tabulate the finished runs (result.json) found "
                         "under --workdir, with the number of seeds per row")
+    p.add_argument("--logs", default="",
+                   help="--collect: comma-separated logs of this script whose run lines "
+                        "('<run> <config> -> best B last L (S s)') stand in for runs whose "
+                        "result.json is missing (recorded with source 'log')")
     p.add_argument("--dry_run", action="store_true",
                    help="print the runs with their configs and status, and the steps left")
     p.add_argument("--steps_per_sec", default="",
@@ -472,6 +500,7 @@ def main(argv=None):
         return
     runs = {}
     if a.collect:
+        logged = runs_from_logs(a.logs.split(",")) if a.logs else {}
         for s in seeds:
             for k, root in [(f"teacher_s{s}", troot)] + [(f"{r}_s{s}", a.workdir)
                                                          for r in todo]:
@@ -479,6 +508,8 @@ def main(argv=None):
                 if os.path.exists(path):
                     with open(path) as f:
                         runs[k] = json.load(f)
+                elif k in logged:
+                    runs[k] = logged[k]
     else:
         teachers_done = {}
 

@@ -83,6 +83,7 @@ def get_config(arg=None):
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 0                            # validation every N epochs (0: only at the end)
+    c.eval.select = "last"                      # or best_valid: test at the best-valid epoch
     c.eval.valid_max_queries = 0                # 0: the whole validation split
     c.eval.batch_size = 256
     c.eval.chunk = 2048

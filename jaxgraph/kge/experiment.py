@@ -8,6 +8,13 @@ data, builds the step settings and the optimizer, resumes from ``workdir``, trai
 epochs (filter train + valid) and the final validation and test (filter train + valid +
 test), realistic filtered ranks, both sides.
 
+Model selection (``eval.select``): ``last`` reports the last epoch; ``best_valid`` (early
+stopping) also tests at every validation of ``eval.every`` and reports, under
+``selected``, the epoch of the highest validation MRR (the earliest on ties; the last
+epoch is a candidate) with its validation and test metrics: the test set never chooses
+anything, and the candidates survive a resume (they are read back from
+``metrics.jsonl``).
+
 Past one device: ``config.mesh.model = M`` splits the entity table, its gradient and Adam
 moments, negative and 1-vs-all scoring and the filtered ranking over M devices by entity
 rows (:mod:`jaxgraph.kge.sharded`); ``config.mesh.data = D`` splits each batch of triples
@@ -47,16 +54,23 @@ from jaxgraph.kge import step as kge_step
 from jaxinfra import checkpoints, config_checks, distributed
 from jaxinfra.metrics import MetricsLog
 
-__all__ = ["OPTIMIZERS", "make_optimizer", "csd_config", "step_config", "check_config",
-           "mesh_sizes", "make_mesh", "load_data", "run_settings", "train_and_evaluate",
-           "main"]
+__all__ = ["OPTIMIZERS", "SELECTIONS", "make_optimizer", "csd_config", "step_config",
+           "check_config", "mesh_sizes", "make_mesh", "load_data", "run_settings", "selection",
+           "select_best_valid", "train_and_evaluate", "main"]
 
 OPTIMIZERS = ("adam", "adagrad")
+SELECTIONS = ("last", "best_valid")
 # Config fields that never change a trained model (besides jaxinfra's run-only fields:
 # checkpoint_every, keep_checkpoints, progress, extend): where the data files lie (the
 # data themselves are compared by fingerprint), how validation is batched and how often
-# it runs (it never feeds back into training).
+# it runs (it never feeds back into training; with eval.select=best_valid it chooses the
+# reported epoch, so then it is a setting).
 _NOT_RESULTS = ("data_dir", "eval.batch_size", "eval.chunk", "eval.every")
+
+
+def selection(config) -> str:
+    """``config.eval.select`` ("last" when the config has none)."""
+    return str(config.eval.get("select", "last"))
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -126,6 +140,13 @@ def check_config(config) -> None:
     config_checks.int_at_least(config, "checkpoint_every", 1, what="epochs between checkpoints")
     config_checks.int_at_least(config, "keep_checkpoints", 1)
     config_checks.int_at_least(config, "eval.every", 0, what="0: validation only at the end")
+    if selection(config) not in SELECTIONS:
+        raise ValueError(f"config.eval.select={selection(config)!r}; accepted: "
+                         f"{', '.join(SELECTIONS)}")
+    if selection(config) == "best_valid" and int(config.eval.every) < 1:
+        raise ValueError(f"config.eval.select='best_valid' with config.eval.every="
+                         f"{config.eval.every}: nothing to select among; accepted: "
+                         "eval.every >= 1, or eval.select='last'")
     config_checks.int_at_least(config, "eval.valid_max_queries", 0, what="0: the whole split")
     config_checks.int_at_least(config, "eval.batch_size", 1)
     config_checks.int_at_least(config, "eval.chunk", 1)
@@ -203,7 +224,12 @@ def run_settings(config) -> dict:
               else ("synthetic",))
     if mesh_sizes(config) == (1, 1):     # unsharded: as before meshes existed
         unused += ("mesh",)
-    return checkpoints.settings(config, ignore=_NOT_RESULTS + unused)
+    ignore = _NOT_RESULTS + unused
+    if selection(config) == "last":      # as before selection existed
+        ignore += ("eval.select",)
+    else:
+        ignore = tuple(k for k in ignore if k != "eval.every")
+    return checkpoints.settings(config, ignore=ignore)
 
 
 def _meta(config, data) -> dict:
@@ -255,6 +281,14 @@ def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None
     def validate(params):
         return evaluate(params, "valid", ("train", "valid"), int(ec.valid_max_queries))
 
+    best_valid = selection(config) == "best_valid"
+
+    def checkpoint_eval(params):        # {log prefix: metrics} after eval.every epochs
+        out = {"valid": validate(params)}
+        if best_valid:
+            out["test"] = evaluate(params, "test", kg_data.SPLITS)
+        return out
+
     os.makedirs(workdir, exist_ok=True)
     mngr = checkpoints.manager(workdir, save_every=int(config.checkpoint_every),
                                keep=int(config.keep_checkpoints))
@@ -283,7 +317,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None
             state, result["train_seconds"] = trainer.train_epochs(
                 state, cfg, tx, data.train, weights, key=jax.random.fold_in(key, 2),
                 seed=int(config.seed), batch_size=bs, start=start, end=end, epochs=epochs,
-                mngr=mngr, meta=meta, log=log, validate=validate,
+                mngr=mngr, meta=meta, log=log, validate=checkpoint_eval,
                 eval_every=int(ec.every), progress=bool(config.progress), mesh=mesh)
         finally:
             mngr.close()
@@ -294,9 +328,32 @@ def train_and_evaluate(config, workdir: str, *, stop_at_epoch: int | None = None
             log.write(epochs, valid, prefix="valid")
             log.write(epochs, test, prefix="test")
             result["valid"], result["test"] = valid, test
+            if best_valid and distributed.is_main_process():
+                result["selected"] = select_best_valid(workdir)
     result["epochs_done"] = end
     distributed.write_json(os.path.join(workdir, "results.json"), result)
     return result
+
+
+def select_best_valid(workdir: str) -> dict:
+    """``{"epoch", "valid", "test"}`` of the logged epoch with the highest validation MRR
+    (the earliest on ties) among those with both a validation and a test row in
+    ``workdir/metrics.jsonl``."""
+    rows = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            for split in ("valid", "test"):
+                got = {k.split("/", 1)[1]: v for k, v in row.items()
+                       if k.startswith(split + "/")}
+                if got:
+                    rows.setdefault(int(row["step"]), {}).setdefault(split, {}).update(got)
+    candidates = sorted(e for e, r in rows.items() if "valid" in r and "test" in r)
+    if not candidates:
+        raise ValueError(f"{workdir}/metrics.jsonl holds no epoch with both validation and "
+                         "test metrics to select among")
+    epoch = max(candidates, key=lambda e: (rows[e]["valid"]["mrr"], -e))
+    return {"epoch": epoch, **rows[epoch]}
 
 
 def _print_result(result, workdir):
@@ -307,6 +364,10 @@ def _print_result(result, workdir):
     if "test" in result:
         short["test"] = {k: round(result["test"][k], 4) for k in
                          ("mrr", "mr", "hits@1", "hits@3", "hits@10", "seconds")}
+    if "selected" in result:
+        sel = result["selected"]
+        short["selected"] = {"epoch": sel["epoch"], "valid_mrr": round(sel["valid"]["mrr"], 4),
+                             "test_mrr": round(sel["test"]["mrr"], 4)}
     print(json.dumps(short))
 
 

@@ -50,8 +50,9 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
         every epoch is offered to the manager (its interval applies; the last one is
         always saved) with ``meta`` plus ``epoch``.
       log: a :class:`jaxinfra.metrics.MetricsLog` (``train/*`` per epoch).
-      validate: ``validate(kge_params) -> metrics``, logged as ``valid/*`` after every
-        ``eval_every`` epochs (not after the last one of the run).
+      validate: ``validate(kge_params) -> {prefix: metrics}`` (e.g. ``{"valid": ...}``),
+        each logged as ``<prefix>/*`` after every ``eval_every`` epochs (not after the
+        last one of the run, which the caller evaluates).
       progress: show a tqdm bar.
       mesh: None, or a (``data``, ``model``) mesh: the state is entity-sharded
         (:mod:`jaxgraph.kge.sharded`) and epochs run sharded; the mesh may span several
@@ -95,7 +96,8 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
                                  what=f"KGE training (epoch {epoch + 1})")
             if (validate is not None and eval_every and (epoch + 1) % eval_every == 0
                     and epoch + 1 < epochs):
-                log.write(epoch + 1, validate(state.params["kge"]), prefix="valid")
+                for prefix, evaluated in validate(state.params["kge"]).items():
+                    log.write(epoch + 1, evaluated, prefix=prefix)
             checkpoints.save(mngr, epoch + 1, meta=dict(meta, epoch=epoch + 1),
                              force=epoch + 1 == end, state=state)
             bar.update(1)

@@ -170,6 +170,9 @@ def test_resume_refuses_other_settings_and_extend_continues(tmp_path, reference)
     ("train.lr", 0.0, r"config\.train\.lr must be a number > 0, got 0\.0"),
     ("keep_checkpoints", 0, r"config\.keep_checkpoints must be an integer >= 1, got 0"),
     ("synthetic.valid_fraction", 0.0, r"data set 'synthetic': the valid split is empty"),
+    ("eval.select", "best", r"config\.eval\.select='best'; accepted: last, best_valid"),
+    ("eval.select", "best_valid", r"config\.eval\.select='best_valid' with "
+                                  r"config\.eval\.every=0: nothing to select among"),
 ], ids=lambda v: str(v) if not isinstance(v, str) or len(v) < 30 else "msg")
 def test_bad_values_fail_before_any_work(tmp_path, field, value, message):
     c = _config()

@@ -196,3 +196,20 @@ def test_kd_fashion_published_results_render_as_before(name):
     results = ROOT / "benchmarks" / "results"
     out = json.loads((results / f"{name}.json").read_text())
     assert kdf.render(out) + "\n" == (results / f"{name}.md").read_text()
+
+
+def test_kd_fashion_runs_from_logs_reads_run_lines(tmp_path):
+    from benchmarks import kd_fashion
+    log = tmp_path / "kd.log"
+    log.write_text(
+        "teacher_s1 teacher.py:fashion_full,seed=1 -> best 0.9240 last 0.9240 "
+        "(3682 s, adopted)\n"
+        "Traceback (most recent call last):\n"
+        "kd_s0 kd.py:fashion_full,seed=0 -> best 0.8712 last 0.8711 (14 s)\n"
+        "kd_s0 kd.py:fashion_full,seed=0 -> best 0.8700 last 0.8690 (15 s)\n")
+    runs = kd_fashion.runs_from_logs([str(log)])
+    assert sorted(runs) == ["kd_s0", "teacher_s1"]
+    assert runs["teacher_s1"]["adopted"] is True
+    assert runs["kd_s0"] == {"best_acc": 0.87, "last_acc": 0.869, "total_seconds": 15.0,
+                             "config": "kd.py:fashion_full,seed=0",
+                             "source": f"log:{log}"}          # the later line wins
