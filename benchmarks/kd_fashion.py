@@ -82,24 +82,13 @@ def _wait_for(dirs, poll=15.0):
         time.sleep(poll)
 
 
-def _leaves(config, prefix=""):
-    """The dotted keys of the leaves of a ConfigDict."""
-    import ml_collections
-    out = []
-    for k, v in config.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            out += _leaves(v, f"{prefix}{k}.")
-        else:
-            out.append(prefix + k)
-    return out
-
-
 def check_overrides(row, config, overrides):
     """Raises a one-line ValueError naming ``row``, the key and the accepted keys when an
     override is not a key of ``config`` (``method.<key>``: a default of its method)."""
+    from jaxinfra.checkpoints import flatten
     from jaxkd import methods
     method_keys = sorted(f"method.{k}" for k in methods.get(config.method.name).defaults)
-    other_keys = sorted(k for k in _leaves(config) if not k.startswith("method."))
+    other_keys = sorted(k for k in flatten(config.to_dict()) if not k.startswith("method."))
     for key in overrides or {}:
         accepted = method_keys if key.startswith("method.") else other_keys
         if key not in accepted:

@@ -48,7 +48,7 @@ from jaxinfra.finite import NonFiniteError
 
 __all__ = ["manager", "save", "read_meta", "read", "resume", "open_latest", "verify",
            "latest_good", "NonFiniteError", "SettingsMismatchError", "differences", "settings",
-           "check_settings", "RUN_ONLY_FIELDS"]
+           "check_settings", "flatten", "RUN_ONLY_FIELDS"]
 
 DEFAULT_SUBDIR = "checkpoints"
 INTEGRITY_FILE = "integrity.json"
@@ -283,11 +283,12 @@ def _plain(tree):
     return json.loads(json.dumps(tree))
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
+    """``{"a.b": leaf}`` of a nested dict (a non-dict ``tree``: ``{"settings": tree}``)."""
     if isinstance(tree, dict):
         out = {}
         for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1] or "settings": tree}
 
@@ -324,7 +325,7 @@ def settings(config, *, ignore=()) -> dict:
 
 def differences(saved, asked) -> list:
     """``["name: saved -> asked", ...]`` for every setting that differs (dotted names)."""
-    a, b = _flatten(_plain(saved)), _flatten(_plain(asked))
+    a, b = flatten(_plain(saved)), flatten(_plain(asked))
     out = []
     for k in sorted(set(a) | set(b)):
         if a.get(k, "<absent>") != b.get(k, "<absent>"):

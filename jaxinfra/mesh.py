@@ -10,7 +10,7 @@ its state; jit inserts the collectives. A trainer that also shards parameters us
 Several processes (:mod:`jaxinfra.distributed`): a mesh spans ``jax.devices()`` (all
 processes), handed to ``jax.make_mesh`` process-major (process 0's devices first; on CPU
 and GPU that is the mesh order, so each process holds a contiguous block of the "data"
-axis, :func:`process_batch_slice`; on TPU ``make_mesh`` may reorder them by the physical
+axis; on TPU ``make_mesh`` may reorder them by the physical
 topology). Which rows a process feeds is read from the sharding itself
 (:func:`local_rows`), so any order works. Batches are made so that results do not
 depend on the number of processes:
@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 __all__ = ["mesh_1d", "mesh_2d", "mesh_devices", "replicated", "sharded",
-           "process_batch_slice", "local_rows", "epoch_permutation", "batch_indices",
+           "check_batch_split", "local_rows", "epoch_permutation", "batch_indices",
            "steps_per_epoch", "step_batches", "global_batch"]
 
 
@@ -122,31 +122,13 @@ def sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(mesh.axis_names[0]))
 
 
-def process_batch_slice(global_batch: int, process_index: int | None = None,
-                        process_count: int | None = None) -> slice:
-    """The rows of a global batch that process ``process_index`` loads, on a mesh whose
-    data axis is process-major with as many devices per process (:func:`mesh_1d`,
-    :func:`mesh_2d` without a model axis across processes).
-
-    Args:
-      global_batch: B, the global batch size.
-      process_index, process_count: default ``jax.process_index()``/``process_count()``.
-
-    Returns:
-      ``slice(i * B / P, (i + 1) * B / P)``.
-
-    Raises:
-      ValueError: B is not a multiple of P, or the index is out of range.
-    """
-    i = jax.process_index() if process_index is None else int(process_index)
-    n = jax.process_count() if process_count is None else int(process_count)
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f"process_index={i} is out of range; accepted: 0 to {n - 1}")
-    if global_batch % n:
-        raise ValueError(f"batch size {global_batch} does not split over {n} processes; "
-                         f"accepted: a multiple of {n}")
-    per = global_batch // n
-    return slice(i * per, (i + 1) * per)
+def check_batch_split(batch_size: int, mesh: jax.sharding.Mesh,
+                      name: str = "config.batch_size", hint: str = "") -> None:
+    """Raises a one-line ValueError naming ``name`` when ``batch_size`` is not a multiple
+    of the mesh's devices (``hint``: what else the user may change)."""
+    if int(batch_size) % mesh.size:
+        raise ValueError(f"{name}={batch_size} does not split over the {mesh.size} devices "
+                         f"of the mesh; accepted: a multiple of {mesh.size}{hint}")
 
 
 def local_rows(sharding: jax.sharding.Sharding, global_batch: int) -> np.ndarray:

@@ -507,9 +507,7 @@ def build(config, input_shape, num_classes, steps_per_epoch, *, teacher_vars=Non
         raise ValueError(f"unknown student model {config.student!r}; valid: "
                          f"{', '.join(sorted(models.MODELS))}")
     mesh = mesh or mesh_lib.mesh_1d(DATA_AXIS, int(config.num_devices))
-    if config.batch_size % mesh.size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                         f"{mesh.size} devices")
+    mesh_lib.check_batch_split(config.batch_size, mesh, hint=" (or set config.num_devices)")
     student = models.create(config.student, num_classes=num_classes)
     teacher = None
     if method.teachers != 0:

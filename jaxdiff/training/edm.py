@@ -429,10 +429,7 @@ def make_mesh(config) -> jax.sharding.Mesh:
         of the mesh size.
     """
     mesh = mesh_lib.mesh_1d(DATA_AXIS, int(config.num_devices))
-    if int(config.batch_size) % mesh.size:
-        raise ValueError(f"config.batch_size={config.batch_size} does not split over the "
-                         f"{mesh.size} devices of the mesh; accepted: a multiple of "
-                         f"{mesh.size} (or set config.num_devices)")
+    mesh_lib.check_batch_split(config.batch_size, mesh, hint=" (or set config.num_devices)")
     return mesh
 
 

@@ -28,7 +28,7 @@ __all__ = ["epoch_indices", "train_epochs"]
 
 def epoch_indices(num_train: int, batch_size: int, seed: int, epoch: int):
     """(S, B) indices of the training triples of (0-based) ``epoch``, S = N // B."""
-    steps = num_train // batch_size
+    steps = mesh_lib.steps_per_epoch(num_train, batch_size)
     perm = mesh_lib.epoch_permutation(seed, epoch, num_train)
     return perm[:steps * batch_size].reshape(steps, batch_size)
 

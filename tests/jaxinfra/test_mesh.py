@@ -23,3 +23,12 @@ def test_mesh_1d_and_shardings():
 def test_too_many_devices_is_an_error():
     with pytest.raises(ValueError, match="num_devices=9 but 4 local devices"):
         mesh_lib.mesh_1d("data", 9)
+
+
+def test_check_batch_split_is_one_line_naming_the_value_and_the_accepted_ones():
+    mesh = mesh_lib.mesh_1d("data", 4)
+    mesh_lib.check_batch_split(8, mesh)
+    with pytest.raises(ValueError, match=r"^config\.batch_size=18 does not split over the 4 "
+                                         r"devices of the mesh; accepted: a multiple of 4 "
+                                         r"\(or set config\.num_devices\)$"):
+        mesh_lib.check_batch_split(18, mesh, hint=" (or set config.num_devices)")
