@@ -10,9 +10,9 @@ with the protocol's overrides: ``--epochs`` epochs, lr ÷10 after half of them
 the reported epoch chosen by validation MRR (``eval.select=best_valid``: early stopping),
 one shared set of 64 negatives per batch of 512 (the CPU budget of the README's table):
 
-  1. baseline: the regularisation weight (N3, the config's type) from ``--regs``, chosen
-     on seed 0's validation MRR ("stable baseline"; weight 0 is the "no regularisation"
-     row);
+  1. baseline: the learning rate from ``--lrs`` and the regularisation weight (N3, the
+     config's type) from ``--regs``, chosen together on seed 0's validation MRR ("stable
+     baseline"; the chosen lr with weight 0 is the "no regularisation" row);
   2. CSD with the semantic module (``csd.confidence=mlp``: an MLP on the teacher's
      (h, r, t) embeddings and score trained to predict correctness; a reconstruction,
      docs/jaxgraph_kge.md) on top of the stable baseline, λ from ``--lambdas`` chosen on
@@ -36,17 +36,13 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("distmult", "rotate", "complex", "transe", "simple", "tucker")
-#: Learning rates chosen on validation for the README's 20-epoch table (kge_table
-#: --select_lr=0.001,0.003,0.01,0.03); kept here.
-LR = {"transe": 0.01, "distmult": 0.01, "complex": 0.01, "rotate": 0.01, "simple": 0.01,
-      "tucker": 0.003}
 ROWS = ("no_reg", "baseline", "csd_mlp", "csd_margin")
 LABELS = {"no_reg": "no regularisation", "baseline": "stable baseline (reg chosen)",
           "csd_mlp": "CSD, semantic module (λ chosen)",
           "csd_margin": "CSD, margin confidence (λ chosen)"}
 
 
-def run_config(model, data, dim, seed, *, epochs, every, reg, csd=None, lam=None,
+def run_config(model, data, dim, seed, *, epochs, every, lr, reg, csd=None, lam=None,
                smoke=False):
     """The ConfigDict of one run (``csd``: None or the confidence variant; ``smoke``: the
     config's ``tiny`` option, a few steps on the generated graph)."""
@@ -55,7 +51,7 @@ def run_config(model, data, dim, seed, *, epochs, every, reg, csd=None, lam=None
                    + (",tiny" if smoke else ""))
     c.train.shared_negatives = True
     c.train.epochs = epochs
-    c.train.lr = LR[model]
+    c.train.lr = float(lr)
     c.train.schedule, c.train.decay_fraction = "step", 0.5
     c.train.regularization = float(reg)
     c.eval.every, c.eval.select, c.eval.valid_max_queries = every, "best_valid", 0
@@ -109,11 +105,14 @@ def group(model, dim, a) -> dict:
         return run(c, os.path.join(base, f"{model}_d{dim}_{variant}_s{seed}"))
 
     valid = lambda r: r["selected"]["valid"]["mrr"]
+    lrs = [float(x) for x in a.lrs.split(",")]
     regs = [float(x) for x in a.regs.split(",")]
     lams = [float(x) for x in a.lambdas.split(",")]
-    reg_runs = {reg: go(0, f"reg{reg:g}", reg=reg) for reg in regs}
-    reg = max(regs, key=lambda r: (valid(reg_runs[r]), -r))      # ties: the weaker one
-    csd_runs = {(conf, lam): go(0, f"reg{reg:g}_{conf}{lam:g}", reg=reg, csd=conf, lam=lam)
+    name = lambda lr, reg: f"lr{lr:g}_reg{reg:g}"
+    base_runs = {(lr, reg): go(0, name(lr, reg), lr=lr, reg=reg) for lr in lrs for reg in regs}
+    lr, reg = max(base_runs, key=lambda k: (valid(base_runs[k]), -k[1], -k[0]))  # ties: weaker
+    csd_runs = {(conf, lam): go(0, f"{name(lr, reg)}_{conf}{lam:g}", lr=lr, reg=reg, csd=conf,
+                                lam=lam)
                 for conf in ("mlp", "margin") for lam in lams}
     lam = {conf: max(lams, key=lambda x: (valid(csd_runs[(conf, x)]), -x))
            for conf in ("mlp", "margin")}
@@ -122,12 +121,12 @@ def group(model, dim, a) -> dict:
                 "csd_margin": dict(reg=reg, csd="margin", lam=lam["margin"])}
     rows = {}
     for row, kw in settings.items():
-        variant = (f"reg{kw['reg']:g}" if "csd" not in kw else
-                   f"reg{kw['reg']:g}_{kw['csd']}{kw['lam']:g}")
-        rows[row] = [go(s, variant, **kw) for s in a.seed_list]
+        variant = name(lr, kw["reg"]) + (f"_{kw['csd']}{kw['lam']:g}" if "csd" in kw else "")
+        rows[row] = [go(s, variant, lr=lr, **kw) for s in a.seed_list]
     return {"model": model, "dim": dim,
-            "choices": {"regularization": reg, "lambda": lam,
-                        "valid_mrr_by_reg": {f"{r:g}": valid(x) for r, x in reg_runs.items()},
+            "choices": {"lr": lr, "regularization": reg, "lambda": lam,
+                        "valid_mrr_by_lr_reg": {name(*k): valid(x)
+                                                for k, x in base_runs.items()},
                         "valid_mrr_by_csd": {f"{c}:{x:g}": valid(r)
                                              for (c, x), r in csd_runs.items()}},
             "rows": rows}
@@ -159,7 +158,7 @@ def render(report) -> str:
              "last-epoch test MRR | selected epochs |", "|---|---|---|---|---|---|---|---|"]
     for r in report["summary"]:
         s = r["settings"]
-        setting = f"reg {s['regularization']:g}" + (
+        setting = f"lr {s['lr']:g}, reg {s['regularization']:g}" + (
             f", λ {s['lambda']:g}" if s["csd"] else "")
         lines.append(f"| {r['model']} | {r['dim']} | {LABELS[r['row']]} | {setting} | "
                      f"{pm(r['test_mrr'])} | {pm(r['test_hits@10'])} | "
@@ -168,8 +167,9 @@ def render(report) -> str:
     p = report["protocol"]
     lines += ["", f"{report['data']}; seeds {p['seeds']}; {p['epochs']} epochs, lr ÷10 after "
               f"epoch {p['epochs'] // 2}, validation and test every {p['every']} epochs, "
-              f"test at the epoch of the best validation MRR; regularisation weights "
-              f"{p['regs']}, λ {p['lambdas']}, chosen on seed 0's validation MRR. "
+              f"test at the epoch of the best validation MRR; lr {p['lrs']} × "
+              f"regularisation {p['regs']}, then λ {p['lambdas']}, chosen on seed 0's "
+              f"validation MRR. "
               f"{report['hardware']}; {report['wall_minutes']:.0f} min."]
     return "\n".join(lines)
 
@@ -180,9 +180,10 @@ def main(argv=None):
     ap.add_argument("--models", default="distmult,rotate")
     ap.add_argument("--dims", default="32")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--every", type=int, default=4)
-    ap.add_argument("--regs", default="0,1e-5,1e-4,1e-3")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--every", type=int, default=5)
+    ap.add_argument("--lrs", default="0.003,0.01")
+    ap.add_argument("--regs", default="0,1e-4,1e-3")
     ap.add_argument("--lambdas", default="0.1,1")
     ap.add_argument("--budget_minutes", type=float, default=600.0)
     ap.add_argument("--hardware", default="2 CPU cores")
@@ -218,8 +219,9 @@ def main(argv=None):
             groups.append(group(model, dim, a))
             report = {"data": a.data, "hardware": a.hardware,
                       "wall_minutes": (time.perf_counter() - t0) / 60,
-                      "protocol": {"epochs": a.epochs, "every": a.every, "regs": a.regs,
-                                   "lambdas": a.lambdas, "seeds": a.seed_list, "lr": LR},
+                      "protocol": {"epochs": a.epochs, "every": a.every, "lrs": a.lrs,
+                                   "regs": a.regs, "lambdas": a.lambdas,
+                                   "seeds": a.seed_list},
                       "groups": groups, "summary": summarise(groups)}
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             with open(a.out, "w") as f:

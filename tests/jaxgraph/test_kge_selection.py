@@ -70,7 +70,7 @@ def test_every_is_a_setting_only_when_it_selects():
 
 def test_csd_protocol_configs_and_table():
     from benchmarks import kge_csd_protocol as proto
-    c = proto.run_config("rotate", "wn18rr", 32, 1, epochs=40, every=4, reg=1e-4,
+    c = proto.run_config("rotate", "wn18rr", 32, 1, epochs=40, every=4, lr=0.01, reg=1e-4,
                          csd="mlp", lam=0.1)
     assert (c.model.dim, c.seed, c.train.epochs, c.train.lr) == (32, 1, 40, 0.01)
     assert (c.train.schedule, c.train.decay_fraction, c.train.regularization) == (
@@ -78,7 +78,7 @@ def test_csd_protocol_configs_and_table():
     assert (c.eval.every, c.eval.select, c.eval.valid_max_queries) == (4, "best_valid", 0)
     assert c.csd.enabled and (c.csd.confidence, c.csd.weight) == ("mlp", 0.1)
     experiment.check_config(c)
-    base = proto.run_config("rotate", "wn18rr", 32, 0, epochs=40, every=4, reg=0.0)
+    base = proto.run_config("rotate", "wn18rr", 32, 0, epochs=40, every=4, lr=0.01, reg=0.0)
     assert not base.csd.enabled and proto.overrides(base)["confidence"] is None
 
     def result(seed, mrr):
@@ -92,8 +92,9 @@ def test_csd_protocol_configs_and_table():
     assert row["last_epoch_test_mrr"]["values"] == [0.29, 0.39]
     table = proto.render({"summary": summary, "data": "wn18rr", "hardware": "cpu",
                           "wall_minutes": 1.0, "protocol": {"epochs": 40, "every": 4,
+                                                            "lrs": "0.01",
                                                             "regs": "0,1e-4",
                                                             "lambdas": "0.1,1",
                                                             "seeds": [0, 1]}})
-    assert "| rotate | 32 | CSD, semantic module (λ chosen) | reg 0.0001, λ 0.1 | " \
+    assert "| rotate | 32 | CSD, semantic module (λ chosen) | lr 0.01, reg 0.0001, λ 0.1 | " \
            "0.350 ± 0.071 | 0.700 ± 0.141 | 0.340 ± 0.071 | 36, 36 |" in table
