@@ -49,6 +49,11 @@ state layout is unchanged and resuming stays exact; checkpoints of OAD runs reco
 (``settings["selection"]``), so a checkpoint written before this rule (which selected over
 all epochs) is refused instead of being resumed with its old selection.
 
+Several processes (``--num_processes``): the seeds are split over a mesh of one device per
+process (:func:`jaxgraph.train.process_mesh`) when their number is a multiple of the
+process count, else every process trains them all; the metrics are gathered to every
+process and process 0 writes them.
+
 Runs are checked and resumed as :mod:`jaxgraph.train` describes: config values before
 any data are read (:func:`check_config`), the newest good checkpoint with the same settings
 (``--config.extend=True`` lets only ``okd_epochs`` differ: more OKD epochs after a finished
@@ -74,12 +79,14 @@ from jaxgraph.train import (
     make_optimizer,
     masked_accuracy,
     masked_cross_entropy,
+    process_mesh,
     run_epochs,
     run_settings,
     task_from_config,
     update_selection,
 )
-from jaxinfra import config_checks
+from jaxinfra import config_checks, distributed
+from jaxinfra import mesh as mesh_lib
 
 __all__ = ["OADState", "OAD", "make_oad", "kd_loss", "check_config", "selection_start",
            "run_oad", "summarize"]
@@ -392,10 +399,22 @@ def run_oad(config, workdir: str) -> dict:
         # Recorded so that a checkpoint selected over all epochs (written before the
         # selection among OKD epochs) is refused rather than resumed with its selection.
         settings["selection"] = "okd_epochs"
+    step, init = jax.vmap(oad.step, in_axes=(0, None, 0)), jax.vmap(oad.init)
+    evaluate = jax.vmap(oad.evaluate, in_axes=(0, None))
+    mesh, sharded = process_mesh(), {}
+    if mesh is not None:       # several processes: the seeds split over them
+        rep = mesh_lib.replicated(mesh)
+        by_seed = mesh_lib.sharded(mesh) if len(seeds) % mesh.size == 0 else rep
+        task = jax.device_put(task, rep)
+        init_keys, train_keys = jax.device_put((init_keys, train_keys), by_seed)
+        sharded = {"init": {"out_shardings": by_seed},
+                   "step": {"out_shardings": (by_seed, rep)},   # metrics gathered
+                   "gather": {"out_shardings": rep}}
     t0 = time.time()
     state = run_epochs(
-        jax.jit(jax.vmap(oad.step, in_axes=(0, None, 0)), donate_argnums=(0,)),
-        jax.jit(jax.vmap(oad.init))(init_keys), task, train_keys, workdir=workdir,
+        jax.jit(step, donate_argnums=(0,), **sharded.get("step", {})),
+        jax.jit(init, **sharded.get("init", {}))(init_keys), task, train_keys,
+        workdir=workdir,
         meta={"dataset": config.dataset, "students": list(config.students),
               "seeds": [int(s) for s in seeds],
               "settings": settings},
@@ -404,7 +423,8 @@ def run_oad(config, workdir: str) -> dict:
         desc=f"oad {config.dataset} {'/'.join(config.students)}", progress=config.progress,
         what="GNN OAD", extend=bool(config.get("extend", False)), extend_keys=("okd_epochs",),
         axes=("seed", "student"))
-    last = jax.jit(jax.vmap(oad.evaluate, in_axes=(0, None)))(state, task)
+    last = jax.jit(evaluate, **sharded.get("gather", {}))(state, task)
+    state = jax.jit(lambda s: s, **sharded.get("gather", {}))(state)   # to every process
     result = {"dataset": config.dataset, "students": list(config.students),
               "seeds": [int(s) for s in seeds], "warmup_epochs": config.warmup_epochs,
               "okd_epochs": config.okd_epochs, "logitkd_trade": config.logitkd_trade,
@@ -415,8 +435,7 @@ def run_oad(config, workdir: str) -> dict:
               # then the warm-up epochs are all there is)
               "selection_from_epoch": selection_start(config) if config.okd_epochs else 0,
               "train_seconds": time.time() - t0, **summarize(state, last)}
-    with open(os.path.join(workdir, "result.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    distributed.write_json(os.path.join(workdir, "result.json"), result)
     return result
 
 
@@ -427,4 +446,4 @@ def _report(result, workdir):
 
 if __name__ == "__main__":
     from jaxinfra.cli import run_job
-    run_job(run_oad, _report)
+    run_job(run_oad, _report, multi_process=True)

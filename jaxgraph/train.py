@@ -24,6 +24,12 @@ Never losing work, never accepting bad input silently (shared with :mod:`jaxgrap
   epoch) and the metric; metrics are checked at every log and before every save, so a
   non-finite state is never saved.
 
+Several processes (``--num_processes``, :mod:`jaxinfra.distributed`): the graph is small
+and trained full-batch, so every process runs the same step on its first device (the
+state replicated over a mesh of one device per process, :func:`process_mesh`); process 0
+writes the metrics and ``result.json``, every process takes part in the checkpoints. The
+result equals a one-process run's.
+
 Also the shared pieces of :mod:`jaxgraph.oad`: :class:`NodeTask` (padded graph + labels +
 split masks), :func:`load_task`, masked losses / accuracies, the optimiser, model
 selection and the resumable epoch loop :func:`run_epochs`.
@@ -41,13 +47,14 @@ from flax import struct
 
 from jaxgraph import gnn, graphs
 from jaxgraph.planetoid import load_planetoid
-from jaxinfra import checkpoints, config_checks, finite
+from jaxinfra import checkpoints, config_checks, distributed, finite
+from jaxinfra import mesh as mesh_lib
 from jaxinfra.metrics import MetricsLog
 
 __all__ = ["NodeTask", "load_task", "task_from_config", "check_task", "masked_cross_entropy",
            "masked_accuracy", "make_optimizer", "TrainState", "Selection", "make_train_step",
            "make_eval_fn", "update_selection", "check_config", "run_settings", "run_epochs",
-           "train_and_evaluate"]
+           "process_mesh", "train_and_evaluate"]
 
 
 class NodeTask(struct.PyTreeNode):
@@ -341,6 +348,13 @@ def run_settings(config, ignore=()) -> dict:
     return checkpoints.settings(config, ignore=("data_dir",) + tuple(ignore))
 
 
+def process_mesh():
+    """None on one process; else a 1-D ("data") mesh of the first device of every
+    process, over which the full-batch jobs replicate their work (or split their seeds)."""
+    n = distributed.process_count()
+    return None if n == 1 else mesh_lib.mesh_1d("data", n)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains ``config.model`` on ``config.dataset``; returns (and writes) the summary."""
     check_config(config)
@@ -350,9 +364,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     tx = make_optimizer(config.optim.lr, config.optim.weight_decay, decay_mask=decay_mask)
     key = jax.random.PRNGKey(config.seed)
     init_key, train_key = jax.random.split(key)
+    state = init_state(model, tx, task, init_key)
+    mesh = process_mesh()
+    if mesh is not None:       # the same work on every process: replicated everywhere
+        task, state, train_key = jax.device_put((task, state, train_key),
+                                                mesh_lib.replicated(mesh))
     state = run_epochs(
         jax.jit(make_train_step(model, tx), donate_argnums=(0,)),
-        init_state(model, tx, task, init_key), task, train_key, workdir=workdir,
+        state, task, train_key, workdir=workdir,
         meta={"dataset": config.dataset, "arch": config.model.arch,
               "settings": run_settings(config)}, epochs=config.epochs,
         log_every=config.log_every, checkpoint_every=config.checkpoint_every,
@@ -364,8 +383,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
               "epochs": config.epochs, "best_val_accuracy": float(sel.best_val),
               "test_accuracy_at_best_val": float(sel.test_at_best),
               "best_epoch": int(sel.epoch)}
-    with open(os.path.join(workdir, "result.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    distributed.write_json(os.path.join(workdir, "result.json"), result)
     return result
 
 
@@ -375,4 +393,4 @@ def _report(result, workdir):
 
 if __name__ == "__main__":
     from jaxinfra.cli import run_job
-    run_job(train_and_evaluate, _report)
+    run_job(train_and_evaluate, _report, multi_process=True)

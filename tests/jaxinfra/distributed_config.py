@@ -9,7 +9,10 @@
        bias before them: gradients of pure rounding noise, which Adam scales to lr-sized
        steps), on 32 digits, batch 16, 4 updates = 2 epochs (checkpoints at 2 and 4);
   kge  python -m jaxgraph.kge: configs/kge/kge.py:tiny (RotatE, dim 8, 40 generated
-       entities, 2 epochs), the entity table split over 4 devices (``mesh.model=4``).
+       entities, 2 epochs), the entity table split over 4 devices (``mesh.model=4``);
+  gnn  jaxgraph.train: configs/gnn/gnn_planetoid.py:cora,gcn,tiny (full batch, replicated
+       on one device per process);
+  oad  jaxgraph.oad: configs/gnn/oad_cora.py:tiny (2 seeds, split over the processes).
 
 ``cut``: the update (kd, edm) after which the stopped runs (``--cut_workdir``) end.
 """
@@ -17,6 +20,7 @@ import ml_collections
 from kd_testnet import tiny_config
 
 from configs import edm_digits
+from configs.gnn import gnn_planetoid, oad_cora
 from configs.kge.kge import get_config as kge_config
 
 
@@ -30,5 +34,7 @@ def get_config():
     c.edm.model.norm_groups = 2
     c.kge = kge_config("tiny")
     c.kge.mesh.model = 4
+    c.gnn = gnn_planetoid.get_config("cora,gcn,tiny")
+    c.oad = oad_cora.get_config("tiny")
     c.cut = ml_collections.ConfigDict({"kd": 5, "edm": 3})
     return c

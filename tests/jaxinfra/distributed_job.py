@@ -1,5 +1,5 @@
 """``python distributed_job.py --config=distributed_config.py --workdir=W --out=O
-[--jobs=kd,edm,kge] [--cut_workdir=C] [--coordinator_address=... --num_processes=...
+[--jobs=kd,edm,kge,gnn,oad] [--cut_workdir=C] [--coordinator_address=... --num_processes=...
 --process_id=...]``: the tiny jaxkd.train, jaxdiff.train and jaxgraph.kge trainings of
 distributed_config.py, one after the other in the same processes (one start-up and one
 set of imports), through the shared entry point (:func:`jaxinfra.cli.run_job` with
@@ -25,7 +25,7 @@ sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent / "jaxkd")]   # configs/, 
 
 from jaxinfra.cli import run_job  # noqa: E402
 
-JOBS = ("kd", "edm", "kge")
+JOBS = ("kd", "edm", "kge", "gnn", "oad")
 
 
 def define_flags(flags):
@@ -55,11 +55,11 @@ def _kd(config, workdir, cut_workdir, cut):
     yield "kd", result, variables, {"rows": _batch_rows(int(config.batch_size))}
 
 
-def _edm_state(workdir):
-    """The last checkpoint's TrainState (step, params, EMA, Adam) as saved."""
+def _edm_state(workdir, what="EDM"):
+    """The last checkpoint's state (EDM: step, params, EMA, Adam) as saved."""
     from jaxinfra import checkpoints
 
-    mngr, step = checkpoints.open_latest(workdir, what="EDM", hint="")
+    mngr, step = checkpoints.open_latest(workdir, what=what, hint="")
     try:
         return checkpoints.read(mngr, step, state=None)["state"]
     finally:
@@ -101,6 +101,22 @@ def _kge(config, workdir, cut_workdir, cut):
                                                      for d in mesh.devices.flat]}
 
 
+def _gnn(config, workdir, cut_workdir, cut):
+    from jaxgraph import train
+
+    del cut_workdir, cut
+    result = train.train_and_evaluate(config, workdir)
+    yield "gnn", result, _edm_state(workdir, "GNN"), {}
+
+
+def _oad(config, workdir, cut_workdir, cut):
+    from jaxgraph import oad
+
+    del cut_workdir, cut
+    result = oad.run_oad(config, workdir)
+    yield "oad", result, _edm_state(workdir, "GNN OAD"), {}
+
+
 def _write(out, me, result, tree, extra):
     import jax
     import numpy as np
@@ -120,7 +136,7 @@ def run(config, workdir):
     from absl import flags
 
     fl = flags.FLAGS
-    runners = {"kd": _kd, "edm": _edm, "kge": _kge}
+    runners = {"kd": _kd, "edm": _edm, "kge": _kge, "gnn": _gnn, "oad": _oad}
     for job in fl.jobs:
         cut = int(config.cut.get(job, 0))
         cut_dir = os.path.join(fl.cut_workdir, job) if fl.cut_workdir and cut else None

@@ -457,6 +457,28 @@ def test_kge_on_two_processes_splits_the_table_over_both_and_ranks_as_one(runs):
     _assert_rows_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_gnn_and_oad_on_two_processes_train_what_one_process_trains(runs):
+    root = runs[0]
+    # GCN, full batch: replicated on one device per process, the same program as one
+    # process's: bitwise.
+    one, ref, infos, leaves = _layouts(runs, "gnn")
+    for k in ref:
+        np.testing.assert_array_equal(leaves[0][k], ref[k], err_msg=k)
+    assert _untimed(infos[0]["result"]) == _untimed(one["result"])
+    assert _rows(root / "one" / "gnn") == _rows(root / "two" / "gnn")
+    # OAD, 2 seeds: one per process (vmapped over both in one process).
+    one, ref, infos, leaves = _layouts(runs, "oad")
+    assert one["result"]["seeds"] == infos[0]["result"]["seeds"] == [0, 1]
+    worst = _worst(leaves[0], ref)
+    assert worst <= 1e-5, worst
+    # Accuracies: the same counts of correct nodes (float32 means summed in another order).
+    for k, v in one["result"]["per_seed"].items():
+        np.testing.assert_allclose(infos[0]["result"]["per_seed"][k], v, atol=1e-6,
+                                   err_msg=k)
+    _assert_rows_close(_rows(root / "one" / "oad"), _rows(root / "two" / "oad"),
+                       rtol=1e-5, atol=1e-6)
+
+
 def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_result(runs):
     root, _, cut_steps = runs
     # jaxkd: stopped after update 5, resumed by two new processes.
@@ -488,9 +510,13 @@ def test_only_process_0_writes_the_run_files(runs):
     root, logs, _ = runs
     expected = {"kd": (["metrics.jsonl", "tb/events"], ["4", "8"]),
                 "edm": (["metrics.jsonl", "tb/events"], ["2", "4"]),
-                "kge": (["metrics.jsonl", "results.json", "tb/events"], ["1", "2"])}
-    for job, files in expected.items():
-        assert _run_files(root / "one" / job) == _run_files(root / "two" / job) == files
+                "kge": (["metrics.jsonl", "results.json", "tb/events"], ["1", "2"]),
+                "gnn": (["metrics.jsonl", "result.json", "tb/events"], None),
+                "oad": (["metrics.jsonl", "result.json", "tb/events"], None)}
+    for job, (files, steps) in expected.items():
+        got = _run_files(root / "two" / job)
+        assert _run_files(root / "one" / job) == got and got[0] == files, job
+        assert steps is None or got[1] == steps, job
         # no row written twice
         assert len(_rows(root / "two" / job)) == len(_rows(root / "one" / job)), job
     assert not (root / "two" / workdir_lib.LOCK_FILE).exists()

@@ -85,6 +85,104 @@ def test_token_layout():
         np.testing.assert_array_equal(back[c]["kernel"], s[c]["kernel"])
 
 
+# ---------------------------------------------------------------- hidden-unit order
+def _random_blocks(rng, n):
+    """n random BasicBlock variables (BN with random statistics) and SimpleBlockNoBn
+    params, leading axis n; block 0 has tied hidden channels (equal incoming norms)."""
+    f = lambda *shape: rng.normal(size=(n,) + shape).astype(np.float32)
+    basic = {"params": {"conv1": {"kernel": f(3, 3, 6, 6)}, "conv2": {"kernel": f(3, 3, 6, 6)},
+                        "bn1": {"scale": f(6), "bias": f(6)}, "bn2": {"scale": f(6), "bias": f(6)}},
+             "batch_stats": {"bn1": {"mean": f(6), "var": np.exp(f(6))},
+                             "bn2": {"mean": f(6), "var": np.exp(f(6))}}}
+    simple = {"conv1": {"kernel": f(3, 3, 6, 3)}, "conv2": {"kernel": f(3, 3, 3, 6)}}
+    for k in (basic["params"]["conv1"]["kernel"], simple["conv1"]["kernel"]):
+        k[0, ..., 1] = -k[0, ..., 0]          # same norm, other filter: the tie-break decides
+    k = basic["params"]["conv1"]["kernel"]
+    k[0, ..., 3] = k[0, ..., 2]               # same incoming filter: decided by conv2/BN
+    return basic, simple
+
+
+_canon_basic = jax.jit(jax.vmap(nets.canonical_basic))
+_canon_simple = jax.jit(jax.vmap(nets.canonical_simple))
+_perm_basic = jax.jit(jax.vmap(nets.permute_basic))
+_perm_simple = jax.jit(jax.vmap(nets.permute_simple))
+
+
+def test_hidden_permutation_keeps_the_function():
+    rng = np.random.default_rng(0)
+    basic, simple = _random_blocks(rng, 2)        # block 0: tied channels, block 1: not
+    x = jnp.asarray(rng.normal(size=(2, 14, 14, 6)), jnp.float32)
+    p6, p3 = jnp.asarray([[5, 3, 0, 1, 4, 2]] * 2), jnp.asarray([[2, 0, 1]] * 2)
+    stack = lambda *trees: jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
+    vb = stack(basic, _perm_basic(basic, p6), _canon_basic(basic))
+    vs = stack(simple, _perm_simple(simple, p3), _canon_simple(simple))
+    out_b = jax.jit(jax.vmap(lambda v: nets.BasicBlock().apply(v, x)))(vb)   # BN: eval mode
+    out_s = jax.jit(jax.vmap(lambda p: nets.SimpleBlockNoBn().apply({"params": p}, x)))(vs)
+    for out in (out_b, out_s):
+        out = np.asarray(out).reshape((3, 2) + out.shape[1:])     # (variant, block, ...)
+        assert np.abs(out[0]).max() > 1.0
+        for variant in out[1:]:
+            np.testing.assert_allclose(variant, out[0], rtol=1e-5, atol=1e-5)
+
+
+def test_canonical_order_is_invariant_and_idempotent():
+    rng = np.random.default_rng(1)
+    n = 6
+    basic, simple = _random_blocks(rng, n)
+    cb, cs = _canon_basic(basic), _canon_simple(simple)
+    perms6 = jnp.asarray(np.stack([rng.permutation(6) for _ in range(n)]))
+    perms3 = jnp.asarray(np.stack([rng.permutation(3) for _ in range(n)]))
+    shuffled_b, shuffled_s = _perm_basic(basic, perms6), _perm_simple(simple, perms3)
+    assert not np.array_equal(shuffled_b["params"]["conv1"]["kernel"],
+                              basic["params"]["conv1"]["kernel"])
+    assert_same_leaves(jax.tree.leaves(_canon_basic(shuffled_b)), jax.tree.leaves(cb))
+    assert_same_leaves(jax.tree.leaves(_canon_simple(shuffled_s)), jax.tree.leaves(cs))
+    assert_same_leaves(jax.tree.leaves(_canon_basic(cb)), jax.tree.leaves(cb))   # idempotent
+    assert_same_leaves(jax.tree.leaves(_canon_simple(cs)), jax.tree.leaves(cs))
+    for k in (cb["params"]["conv1"]["kernel"], cs["conv1"]["kernel"]):      # norm descending
+        norms = np.linalg.norm(np.asarray(k).reshape(n, -1, k.shape[-1]), axis=1)
+        assert np.all(np.diff(norms, axis=1) <= 1e-6), norms
+
+
+# ---------------------------------------------------------------- ridge baseline
+def test_ridge_matches_closed_form_and_recovers_linear_maps():
+    rng = np.random.default_rng(2)
+    p, d, k = 40, 7, 3
+    x = rng.normal(size=(p, d))
+    y = rng.normal(size=(p, k))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    for lam in (0.5, 10.0):                                  # brute-force closed form
+        w = np.linalg.solve(xc.T @ xc + lam * np.eye(d), xc.T @ yc)
+        m = kt.ridge.fit(x, y, lam)
+        np.testing.assert_allclose(m.w, w, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(m.b, y.mean(0) - x.mean(0) @ w, rtol=1e-9, atol=1e-12)
+    sol = np.linalg.lstsq(np.c_[x, np.ones(p)], y, rcond=None)[0]     # lam = 0: OLS
+    m = kt.ridge.fit(x, y, 0.0)
+    np.testing.assert_allclose(m.w, sol[:d], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(m.b, sol[d], rtol=1e-9, atol=1e-12)
+    xs = rng.normal(size=(5, 12))                     # P < D: minimum-norm least squares
+    ys = rng.normal(size=(5, 2))
+    ref = np.linalg.lstsq(xs - xs.mean(0), ys - ys.mean(0), rcond=None)[0]
+    np.testing.assert_allclose(kt.ridge.fit(xs, ys, 0.0).w, ref, rtol=1e-8, atol=1e-10)
+    # Exact linear targets, shaped like the translator's arrays: recovered at lam = 0.
+    w_true, b_true = rng.normal(size=(d, 6)), rng.normal(size=6)
+    xt = x.reshape(p, 1, d)
+    yt = (x @ w_true + b_true).reshape(p, 2, 3)
+    m = kt.ridge.fit(xt, yt, 0.0)
+    np.testing.assert_allclose(m.w, w_true, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(m.b, b_true, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(kt.ridge.predict(m, xt), yt.reshape(p, 6), rtol=1e-5,
+                               atol=1e-5)
+    # Selection: near-linear targets pick the weakest ridge; noise picks shrinkage to the
+    # mean; the refit on all rows is fit() at the chosen strength.
+    m, info = kt.ridge.select(xt, yt + 1e-6 * rng.normal(size=yt.shape))
+    assert info["alpha"] == min(kt.ridge.ALPHAS) and info["holdout"] == 4, info
+    assert info["holdout_mse"][str(info["alpha"])] < 1e-3 * info["holdout_mse_mean"]
+    m, info = kt.ridge.select(x, y)
+    assert info["alpha"] >= 1.0, info
+    np.testing.assert_allclose(m.w, kt.ridge.fit(x, y, info["lam"]).w, rtol=1e-12)
+
+
 # ---------------------------------------------------------------- augmentation
 def test_augment_statistics_and_targets():
     key = jax.random.PRNGKey(0)
@@ -204,6 +302,39 @@ def test_resume_is_exact(tiny, tmp_path):
     assert_same_leaves(_state(workdir, 2), _state(resumed, 2))
     assert second["accuracy"]["translated_final"] == result["accuracy"]["translated_final"]
     assert second["evals"] == result["evals"]          # epoch 1's evaluation is kept
+
+
+def test_canonical_option_and_ridge_baseline_in_the_run(tiny, tmp_path):
+    cfg, workdir, result = tiny
+    assert result["canonical"] == "none"
+    fit = result["accuracy"]["ridge"]["fit"]
+    assert fit["holdout"] == 1 and str(fit["alpha"]) in fit["holdout_mse"], fit
+    assert 0.0 <= result["accuracy"]["ridge"]["mean"] <= 100.0
+    train, val = _pairs(cfg, workdir, "train"), _pairs(cfg, workdir, "val")
+    (t0, s0), (t1, s1) = kt.pair_arrays(train), kt.pair_arrays(train, "norm")
+    # conv1's rows (out 3 x in 6) and conv2's (out 6 x in 3) are permuted per pair, only
+    # over the hidden index; the BasicBlock tokens likewise.
+    rows = lambda a, o, i: np.sort(a.reshape(a.shape[0], o, i, 9), axis=1 if o < i else 2)
+    np.testing.assert_array_equal(rows(s1[:, :18], 3, 6), rows(s0[:, :18], 3, 6))
+    np.testing.assert_array_equal(rows(s1[:, 18:], 6, 3), rows(s0[:, 18:], 6, 3))
+    np.testing.assert_array_equal(np.sort(t1[:, :36], axis=1), np.sort(t0[:, :36], axis=1))
+    assert not np.array_equal(s1, s0)
+    c = kt_config.get_config("tiny")
+    c.canonical = "norm"
+    _, _, test_x, test_y = kt.load_data(c)
+    base = kt.baselines(c, train, val, jnp.asarray(test_x), jnp.asarray(test_y))
+    for name in ("large", "direct", "random_init"):          # do not depend on the order
+        assert base[name] == result["accuracy"][name], name
+    assert set(base) == {"large", "direct", "random_init", "mean_train_block", "ridge"}
+    w = str(tmp_path / "w")                          # a translator setting: resume refuses
+    shutil.copytree(os.path.join(workdir, "checkpoints"), os.path.join(w, "checkpoints"))
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"other settings: canonical: 'none' -> 'norm'"):
+        kt.run(c, w)
+    c.canonical = "sorted"
+    with pytest.raises(ValueError, match=r"config.canonical 'sorted'; valid: none, norm"):
+        kt.run(c, str(tmp_path / "bad"))
+    assert not os.path.exists(tmp_path / "bad")
 
 
 # ---------------------------------------------------------------- faults
