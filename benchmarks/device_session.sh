@@ -16,7 +16,9 @@
 # and writes $OUT/results.tgz (JSON results and logs) and $OUT/kd_runs.tgz (the KD runs:
 # result.json and metrics.jsonl of finished runs; everything of unfinished ones and of
 # teachers trained here). SMOKE=1 shrinks every stage (a CPU check of this script);
-# PY is the interpreter (default python3), DEADLINE the seconds for all stages.
+# PY is the interpreter (default python3), DEADLINE the seconds for all stages, KD_ARGS
+# more arguments of the KD stage (e.g. "--student_epochs=12 --student_milestones=8,10",
+# which trains the students into their own folder).
 set -u
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/device_out}
@@ -79,7 +81,7 @@ rm -rf "$RES/edm_train/checkpoints"
 stage kge 80 $PY -m benchmarks.kge_sharded_scaling $KGE --shards=1 --compare_unsharded=0 \
   --max_load=1.0 --out="$RES/kge_gpu.json"
 stage kd $(( DEADLINE - 25 - $(elapsed) )) $PY -m benchmarks.kd_fashion --option=fashion_full \
-  $KD --teacher_root=.devcarry/kd --workdir=$STUDENTS \
+  $KD ${KD_ARGS:-} --teacher_root=.devcarry/kd --workdir=$STUDENTS${KD_ARGS:+_$(echo "$KD_ARGS" | tr -dc 'a-z0-9')} \
   --hardware="$HW" --out="$RES/kd_fashion_full_gpu.json"
 
 # Pack: finished runs travel light, unfinished ones whole (to resume elsewhere).
