@@ -22,6 +22,9 @@ Options (comma-separated after the colon; at most one of cpu and tiny):
 Augmentation (paper's limited-data study) via overrides, e.g.
   --config.augment.mask_prob=0.1 --config.augment.mask_target=t   (t, s or both)
   --config.augment.noise_std=0.01 --config.augment.noise_target=both
+Hidden-unit order: --config.canonical=norm sorts the hidden channels of both blocks
+(same functions) so the translator's targets do not depend on the order SGD left them in;
+the saved pairs stay as trained, so one pair set serves both values.
 """
 import ml_collections
 
@@ -37,6 +40,8 @@ def get_config(arg=None):
     c.max_train_examples = 0           # 0: the whole split
     c.max_test_examples = 0
     c.seed = 0
+    c.canonical = "none"               # none | norm: sort both blocks' hidden channels by
+                                       # incoming-filter norm before the translator sees them
 
     c.pairs = ml_collections.ConfigDict()
     c.pairs.num_train = 300_000

@@ -17,18 +17,20 @@ importing this package does not load the experiment either (``run``, ``report`` 
                   saved per chunk
     augmentation  masking / noise augmentation of translator batches
     evaluate      accuracy of held-out networks around a middle block; the baselines
+    ridge         the ridge-regression (linear translator) baseline, closed form
     translator    translator state, optimizer, epoch step, training with checkpoints
     experiment    the whole run (results.json) and its report
     __main__      the CLI (jaxinfra.cli.run_job)
 """
 import importlib
 
-from jaxkd.kt import augmentation, data, evaluate, nets, pairs, translator
+from jaxkd.kt import augmentation, data, evaluate, nets, pairs, ridge, translator
 from jaxkd.kt.augmentation import MASK_TARGETS, AugmentConfig, augment
 from jaxkd.kt.data import DATASETS, load_data
 from jaxkd.kt.evaluate import baselines, evaluate_blocks, network_accuracy, summary
 from jaxkd.kt.pairs import (
     PairConfig,
+    canonical_pairs,
     generate_pairs,
     pair_arrays,
     pair_config,
@@ -47,11 +49,12 @@ from jaxkd.kt.translator import (
 )
 
 __all__ = ["DATASETS", "MASK_TARGETS", "AugmentConfig", "PairConfig", "TranslatorState", "augment",
-           "augment_config", "augmentation", "baselines", "check_config", "data", "evaluate",
-           "evaluate_blocks", "experiment", "generate_pairs", "load_data", "make_optimizer",
-           "make_translator", "nets", "network_accuracy", "pair_arrays", "pair_config", "pair_set",
-           "pairs", "report", "run", "summary", "train_epoch", "train_pair", "train_translator",
-           "translate", "translator", "translator_loss"]
+           "augment_config", "augmentation", "baselines", "canonical_pairs", "check_config",
+           "data", "evaluate", "evaluate_blocks", "experiment", "generate_pairs", "load_data",
+           "make_optimizer", "make_translator", "nets", "network_accuracy", "pair_arrays",
+           "pair_config", "pair_set", "pairs", "report", "ridge", "run", "summary",
+           "train_epoch", "train_pair", "train_translator", "translate", "translator",
+           "translator_loss"]
 
 _EXPERIMENT_NAMES = ("experiment", "run", "report", "check_config")
 

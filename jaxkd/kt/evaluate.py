@@ -3,8 +3,9 @@ block, and its test accuracy is measured (vmapped over networks).
 
 Reference blocks (:func:`baselines`): the network's own BasicBlock (the ceiling), its
 directly trained SimpleBlockNoBn (stage 2), a fresh random one ("Random Init", the
-paper's baseline) and the mean of the training pairs' compressed blocks (a translator
-that ignores its input).
+paper's baseline), the mean of the training pairs' compressed blocks (a translator that
+ignores its input) and a ridge regression from the translator's input to its target
+(:mod:`jaxkd.kt.ridge`, a linear translator).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.kt import nets
+from jaxkd.kt import nets, pairs, ridge
 
 __all__ = ["baselines", "evaluate_blocks", "network_accuracy", "summary"]
 
@@ -76,10 +77,16 @@ def _random_simple(keys):
 def baselines(config, train_pairs, val_pairs, test_images, test_labels) -> dict:
     """Accuracy summaries of the reference blocks on the held-out networks.
 
+    The mean block and the ridge map see the translator's arrays, in the hidden-channel
+    order of ``config.canonical`` (:func:`jaxkd.kt.pairs.canonical_pairs`).
+
     Returns:
       dict: ``large`` (each network's own BasicBlock), ``direct`` (its directly trained
       SimpleBlockNoBn), ``random_init`` (a fresh random SimpleBlockNoBn, keyed by
-      ``seed``), ``mean_train_block`` (the mean of the training pairs' compressed blocks).
+      ``seed``), ``mean_train_block`` (the mean of the training pairs' compressed blocks),
+      ``ridge`` (the blocks a ridge regression fitted on the training pairs predicts from
+      each network's BasicBlock; its ``fit`` entry holds the chosen strength and the
+      held-out MSEs, see :func:`jaxkd.kt.ridge.select`).
     """
     bsz = int(config.eval_batch_size)
     m = val_pairs["begin"]["params"]["conv"]["kernel"].shape[0]
@@ -87,9 +94,15 @@ def baselines(config, train_pairs, val_pairs, test_images, test_labels) -> dict:
                            images=test_images, labels=test_labels, batch_size=bsz)
     keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 3), m)
     rand = {"params": _random_simple(keys)}
+    canonical = pairs.canonical_mode(config)
+    train_c = pairs.canonical_pairs(train_pairs, canonical)
     mean_block = jax.tree.map(lambda x: np.broadcast_to(np.mean(x, 0), (m,) + x.shape[1:]),
-                              train_pairs["simple"])
+                              train_c["simple"])
+    model, fit = ridge.select(*pairs.pair_arrays(train_c))
+    pred = ridge.predict(model, pairs.pair_arrays(val_pairs, canonical)[0])
+    lin = jax.vmap(nets.simple_from_output)(jnp.asarray(pred.reshape(m, 36, 9)))
     return {"large": summary(ev(val_pairs["basic"], middle="basic")),
             "direct": summary(ev({"params": val_pairs["simple"]})),
             "random_init": summary(ev(rand)),
-            "mean_train_block": summary(ev({"params": mean_block}))}
+            "mean_train_block": summary(ev({"params": mean_block})),
+            "ridge": dict(summary(ev({"params": lin})), fit=fit)}

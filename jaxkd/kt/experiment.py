@@ -29,6 +29,7 @@ def check_config(config):
     a = config.augment
     check_target("augment.mask_target", a.mask_target)
     check_target("augment.noise_target", a.noise_target)
+    config_checks.one_of(config, "canonical", nets.CANONICAL)
     if not 0.0 <= float(a.mask_prob) < 1.0:
         raise ValueError(f"augment.mask_prob must be in [0, 1), got {a.mask_prob}")
     if not float(a.noise_std) >= 0:
@@ -98,6 +99,7 @@ def run(config, workdir: str, *, stop_at_epoch: int | None = None) -> dict:
         "pair_recipe": dict(config.pairs),
         "translator": dict(config.translator),
         "augment": dict(config.augment),
+        "canonical": pairs.canonical_mode(config),
         "translator_params": nets.count_params(state.params),
         "epochs_done": int(state.epoch),
         "final_train_loss_large": float(np.mean(train_pairs["loss_large"])),
@@ -125,8 +127,15 @@ def report(result, workdir):
             ("direct (trained compressed)", acc["direct"]),
             ("translated (final)", acc["translated_final"]),
             ("random init", acc["random_init"]),
-            ("mean train block", acc["mean_train_block"])]
+            ("mean train block", acc["mean_train_block"]),
+            ("ridge (linear map)", acc.get("ridge"))]
     for name, s in rows:
         if s is not None:
             print(f"  {name:30s} mean {s['mean']:6.2f}%  min {s['min']:6.2f}%  "
                   f"max {s['max']:6.2f}%")
+    fit = (acc.get("ridge") or {}).get("fit")
+    if fit and fit["holdout"]:
+        print(f"  ridge: alpha {fit['alpha']:g} (lambda {fit['lam']:.3g}), held-out MSE "
+              f"{fit['holdout_mse'][str(fit['alpha'])]:.3e} vs mean block "
+              f"{fit['holdout_mse_mean']:.3e} ({fit['holdout']} pairs; hidden order "
+              f"{result.get('canonical', 'none')})")

@@ -30,9 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MIDDLE_BLOCKS", "BasicBlock", "BeginBlock", "LastBlock", "MLPMixer", "SimpleBlockNoBn",
-           "basic_tokens", "classifier_apply", "count_params", "init_classifier", "init_simple",
-           "kernels_to_output", "mixer_param_count", "simple_from_output", "simple_to_kernels"]
+__all__ = ["CANONICAL", "MIDDLE_BLOCKS", "BasicBlock", "BeginBlock", "LastBlock", "MLPMixer",
+           "SimpleBlockNoBn", "basic_tokens", "canonical_basic", "canonical_simple",
+           "classifier_apply", "count_params", "hidden_order", "init_classifier", "init_simple",
+           "kernels_to_output", "mixer_param_count", "permute_basic", "permute_simple",
+           "simple_from_output", "simple_to_kernels"]
 
 _torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -267,6 +269,94 @@ def simple_from_output(out):
 def kernels_to_output(k1, k2):
     """Inverse of :func:`simple_from_output` on PyTorch-layout kernels: (36, 9)."""
     return jnp.concatenate([k1.reshape(18, 9), k2.reshape(18, 9)], axis=0)
+
+
+# --------------------------------------------------------------------------- hidden order
+#: ``config.canonical``: "none" (blocks as trained) or "norm" (hidden channels sorted,
+#: :func:`canonical_basic` / :func:`canonical_simple`).
+CANONICAL = ("none", "norm")
+
+
+def hidden_order(w_in, rest=()):
+    """The canonical order of a block's H hidden channels: a permutation (H,) int32.
+
+    Sorted by the L2 norm of the incoming filter, descending. Ties (equal norms: in
+    trained float32 weights practically only exact copies or sign flips) are broken by
+    comparing the channels' values lexicographically, incoming filter first, then each
+    array of ``rest`` in turn, ascending; two channels tie on every key only when they are
+    equal, and then swapping them changes nothing. So the order is a function of the set
+    of channels: invariant to any permutation of the input. Pure (jit/vmap-able).
+
+    Args:
+      w_in: (kh, kw, I, H) the conv kernel into the hidden channels (HWIO).
+      rest: the other per-channel values, each an array (..., H) with the hidden axis
+        last (a (kh, kw, H, O) kernel out of the hidden channels: swap its last two axes).
+    """
+    w = jnp.reshape(w_in, (-1, w_in.shape[-1])).T                        # (H, F_in)
+    norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=1))
+    keys = jnp.concatenate([-norm[:, None], w] + [jnp.reshape(r, (-1, r.shape[-1])).T
+                                                  for r in rest], axis=1)  # (H, 1 + F)
+    # Pairwise lexicographic comparison (H is 3 or 6; cheaper to compile than a sort on
+    # 1 + F keys): the first key where channels i and j differ decides.
+    diff = keys[:, None, :] != keys[None, :, :]                           # (H, H, 1 + F)
+    first = jnp.argmax(diff, axis=2)[..., None]
+    ki = jnp.take_along_axis(jnp.broadcast_to(keys[:, None, :], diff.shape), first, 2)[..., 0]
+    kj = jnp.take_along_axis(jnp.broadcast_to(keys[None, :, :], diff.shape), first, 2)[..., 0]
+    same = ~jnp.any(diff, axis=2)
+    before = ~same & (ki < kj)                                            # i sorts before j
+    h = keys.shape[0]
+    earlier = jnp.arange(h)[:, None] < jnp.arange(h)[None, :]
+    rank = jnp.sum(before | (same & earlier), axis=0)   # equal channels: by index
+    return jnp.zeros(h, jnp.int32).at[rank].set(jnp.arange(h, dtype=jnp.int32))
+
+
+def permute_simple(params, perm):
+    """A SimpleBlockNoBn with its 3 hidden channels reordered, new channel j = old
+    ``perm[j]``: conv1's output and conv2's input channels. The same function."""
+    return {"conv1": {"kernel": params["conv1"]["kernel"][..., perm]},
+            "conv2": {"kernel": params["conv2"]["kernel"][:, :, perm, :]}}
+
+
+def permute_basic(variables, perm):
+    """A BasicBlock with its 6 hidden channels reordered, new channel j = old ``perm[j]``:
+    conv1's output channels, BN1's scale/bias (and running mean/var in ``batch_stats``)
+    and conv2's input channels. The same function, in training and evaluation mode.
+
+    Args:
+      variables: ``{"params": ..., "batch_stats": ...}`` (``batch_stats`` optional).
+    """
+    p = variables["params"]
+    out = {"params": dict(p, conv1={"kernel": p["conv1"]["kernel"][..., perm]},
+                          bn1={k: v[perm] for k, v in p["bn1"].items()},
+                          conv2={"kernel": p["conv2"]["kernel"][:, :, perm, :]})}
+    if "batch_stats" in variables:
+        s = variables["batch_stats"]
+        out["batch_stats"] = dict(s, bn1={k: v[perm] for k, v in s["bn1"].items()})
+    return out
+
+
+def _outgoing(kernel):
+    """(kh, kw, H, O) -> (kh, kw, O, H): a kernel out of the hidden channels, the hidden
+    axis last."""
+    return jnp.swapaxes(kernel, 2, 3)
+
+
+def canonical_simple(params):
+    """A SimpleBlockNoBn's params with the hidden channels in :func:`hidden_order`
+    (conv1 filter norm descending). Pure; ``jax.vmap`` it over a batch of blocks."""
+    k1, k2 = params["conv1"]["kernel"], params["conv2"]["kernel"]
+    return permute_simple(params, hidden_order(k1, (_outgoing(k2),)))
+
+
+def canonical_basic(variables):
+    """A BasicBlock's variables with the hidden channels in :func:`hidden_order` (conv1
+    filter norm descending; ties: conv1, conv2, BN1 scale, bias, running mean, var). Pure;
+    ``jax.vmap`` it over a batch of blocks."""
+    p = variables["params"]
+    rest = [_outgoing(p["conv2"]["kernel"]), p["bn1"]["scale"], p["bn1"]["bias"]]
+    if "batch_stats" in variables:
+        rest += [variables["batch_stats"]["bn1"]["mean"], variables["batch_stats"]["bn1"]["var"]]
+    return permute_basic(variables, hidden_order(p["conv1"]["kernel"], rest))
 
 
 # --------------------------------------------------------------------------- translator

@@ -16,6 +16,10 @@ refused (listing the differences) rather than reused. A chunk that cannot be rea
 flip fails its zip CRC-32, a truncation its directory) is moved to ``pairs/corrupt/`` with
 a warning and generated again (pairs depend only on their keys); a chunk whose training
 ended in NaN or inf is never saved.
+
+The chunks hold the blocks as trained; ``config.canonical`` reorders their hidden channels
+only when they become translator arrays (:func:`pair_arrays`), so it is not a pair setting
+and one pair set serves every value.
 """
 from __future__ import annotations
 
@@ -37,8 +41,8 @@ from jaxinfra import mesh as mesh_lib
 from jaxkd import guards
 from jaxkd.kt import nets
 
-__all__ = ["PairConfig", "generate_pairs", "pair_arrays", "pair_config", "pair_set",
-           "pair_settings", "train_pair"]
+__all__ = ["PairConfig", "canonical_mode", "canonical_pairs", "generate_pairs", "pair_arrays",
+           "pair_config", "pair_set", "pair_settings", "train_pair"]
 
 SETTINGS_FILE = "settings.json"
 
@@ -291,8 +295,36 @@ def pair_set(config, split: str, images, labels, workdir: str, *, progress=True)
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
 
 
-def pair_arrays(pairs):
-    """Translator inputs (P, 72, 9) and targets (P, 36, 9) from a pair set."""
+_canonical_basic = jax.jit(jax.vmap(nets.canonical_basic))
+_canonical_simple = jax.jit(jax.vmap(nets.canonical_simple))
+
+
+def canonical_mode(config) -> str:
+    """``config.canonical`` ("none" where a config predates the option)."""
+    return str(config.get("canonical", "none"))
+
+
+def canonical_pairs(pairs, canonical: str = "none"):
+    """The pair set with each block's hidden channels in canonical order (same functions).
+
+    Args:
+      pairs: a pair set (leaves with a leading pair axis P).
+      canonical: "none" (returned as is) or "norm" (``basic`` through
+        :func:`~jaxkd.kt.nets.canonical_basic`, ``simple`` through
+        :func:`~jaxkd.kt.nets.canonical_simple`, vmapped over P).
+    """
+    if canonical not in nets.CANONICAL:
+        raise ValueError(f"unknown canonical {canonical!r}; valid: {', '.join(nets.CANONICAL)}")
+    if canonical == "none":
+        return pairs
+    return dict(pairs, basic=jax.device_get(_canonical_basic(pairs["basic"])),
+                simple=jax.device_get(_canonical_simple(pairs["simple"])))
+
+
+def pair_arrays(pairs, canonical: str = "none"):
+    """Translator inputs (P, 72, 9) and targets (P, 36, 9) from a pair set, the blocks'
+    hidden channels first put in ``canonical`` order (:func:`canonical_pairs`)."""
+    pairs = canonical_pairs(pairs, canonical)
     tokens = jax.vmap(nets.basic_tokens)(pairs["basic"]["params"])
     kernels = jax.vmap(nets.simple_to_kernels)(pairs["simple"])
     targets = jax.vmap(nets.kernels_to_output)(*kernels)

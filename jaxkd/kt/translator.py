@@ -1,6 +1,8 @@
 """KT's translator training: an MLP-Mixer reads a BasicBlock's two kernels as 72 tokens
 x 9 and regresses the SimpleBlockNoBn's two kernels (MSE), with optional masking/noise
-augmentation (:mod:`jaxkd.kt.augmentation`).
+augmentation (:mod:`jaxkd.kt.augmentation`). With ``config.canonical="norm"`` both
+blocks' hidden channels are sorted first (:func:`jaxkd.kt.pairs.pair_arrays`), so the
+targets no longer depend on the arbitrary order SGD left them in.
 
 Adam (or SGD), per-epoch cosine annealing (PyTorch ``CosineAnnealingLR`` stepped each
 epoch), reshuffled epochs; the last incomplete batch is dropped. :func:`train_translator`
@@ -25,7 +27,7 @@ from jaxinfra.metrics import MetricsLog
 from jaxkd import guards
 from jaxkd.kt import evaluate, nets
 from jaxkd.kt.augmentation import AugmentConfig, augment
-from jaxkd.kt.pairs import pair_arrays
+from jaxkd.kt.pairs import canonical_mode, pair_arrays
 
 __all__ = ["TranslatorState", "augment_config", "check_resumable", "make_optimizer",
            "make_translator", "settings", "train_epoch", "train_translator", "translate",
@@ -206,8 +208,9 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
     check_resumable(config, workdir)
     t = config.translator
     model = make_translator(config)
-    tokens, targets = map(jnp.asarray, pair_arrays(train_pairs))
-    val_tokens = jnp.asarray(pair_arrays(val_pairs)[0])
+    canonical = canonical_mode(config)        # the hidden-channel order of the arrays
+    tokens, targets = map(jnp.asarray, pair_arrays(train_pairs, canonical))
+    val_tokens = jnp.asarray(pair_arrays(val_pairs, canonical)[0])
     bs = int(t.batch_size)
     spe = tokens.shape[0] // bs
     epochs = int(t.epochs)

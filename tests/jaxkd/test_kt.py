@@ -162,8 +162,11 @@ def test_ridge_matches_closed_form_and_recovers_linear_maps():
     np.testing.assert_allclose(m.b, sol[d], rtol=1e-9, atol=1e-12)
     xs = rng.normal(size=(5, 12))                     # P < D: minimum-norm least squares
     ys = rng.normal(size=(5, 2))
-    ref = np.linalg.lstsq(xs - xs.mean(0), ys - ys.mean(0), rcond=None)[0]
+    xsc, ysc = xs - xs.mean(0), ys - ys.mean(0)             # (the dual form)
+    ref = np.linalg.lstsq(xsc, ysc, rcond=None)[0]
     np.testing.assert_allclose(kt.ridge.fit(xs, ys, 0.0).w, ref, rtol=1e-8, atol=1e-10)
+    ref = np.linalg.solve(xsc.T @ xsc + 0.5 * np.eye(12), xsc.T @ ysc)
+    np.testing.assert_allclose(kt.ridge.fit(xs, ys, 0.5).w, ref, rtol=1e-8, atol=1e-10)
     # Exact linear targets, shaped like the translator's arrays: recovered at lam = 0.
     w_true, b_true = rng.normal(size=(d, 6)), rng.normal(size=6)
     xt = x.reshape(p, 1, d)
