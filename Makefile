@@ -28,9 +28,10 @@ demo-fashion: $(STAMP) fashion-data
 # Tests read no data set installed on the machine: conftest.py points JAXINFRA_DATA_PATH
 # at fixture files it writes (.ci/run also hides the default folder). --dist loadscope
 # sends each test module to one worker, so module-scoped fixtures (tiny training runs)
-# are computed once. One worker more than cores: most tests are bound by XLA compiles,
-# which run on one thread, so two workers left a third of two cores idle.
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+# are computed once. Two workers more than cores: most tests are bound by XLA compiles,
+# which run on one thread, or wait on subprocesses (notebook kernels, the two-process
+# launches); with one more than cores the 2 cores were 85% busy (2026-12-04).
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 2 )))
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=4 $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15 tests
 

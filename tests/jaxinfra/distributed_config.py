@@ -10,9 +10,10 @@
        steps), on 32 digits, batch 16, 4 updates = 2 epochs (checkpoints at 2 and 4);
   kge  python -m jaxgraph.kge: configs/kge/kge.py:tiny (RotatE, dim 8, 40 generated
        entities, 2 epochs), the entity table split over 4 devices (``mesh.model=4``);
-  gnn  jaxgraph.train: configs/gnn/gnn_planetoid.py:cora,gcn,tiny (full batch, replicated
-       on one device per process);
-  oad  jaxgraph.oad: configs/gnn/oad_cora.py:tiny (2 seeds, split over the processes).
+  gnn  jaxgraph.train: configs/gnn/gnn_planetoid.py:cora,gcn,tiny, 3 epochs (full batch,
+       replicated on one device per process);
+  oad  jaxgraph.oad: configs/gnn/oad_cora.py:tiny, 1 warm-up + 2 OKD epochs (2 seeds,
+       split over the processes).
 
 ``cut``: the update (kd, edm) after which the stopped runs (``--cut_workdir``) end.
 """
@@ -35,6 +36,8 @@ def get_config():
     c.kge = kge_config("tiny")
     c.kge.mesh.model = 4
     c.gnn = gnn_planetoid.get_config("cora,gcn,tiny")
+    c.gnn.epochs, c.gnn.checkpoint_every = 3, 3         # one save, at the end
     c.oad = oad_cora.get_config("tiny")
+    c.oad.warmup_epochs, c.oad.okd_epochs, c.oad.checkpoint_every = 1, 2, 3
     c.cut = ml_collections.ConfigDict({"kd": 5, "edm": 3})
     return c

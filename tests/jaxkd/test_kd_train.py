@@ -526,7 +526,8 @@ def test_bad_names_fail_early(datasets, tmp_path):
         c = _config("camkd")
         c.teacher.workdirs = ("only_one",)
         train.build(c, (8, 8, 1), 10, 4)
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ValueError, match=r"config\.batch_size=15 does not split over the 4 "
+                                         r"devices of the mesh; accepted: a multiple of 4"):
         train.build(_config("ce", batch_size=15, num_devices=4), (8, 8, 1), 10, 4)
     with pytest.raises(FileNotFoundError, match="train it first"):
         train.load_student(str(tmp_path / "nothing"))
