@@ -43,3 +43,27 @@ def test_every_documented_entry_point_exists(module):
 @pytest.mark.parametrize("path", CONFIG_PATHS)
 def test_every_documented_config_exists(path):
     assert (ROOT / path).is_file(), path
+
+
+def _python_blocks():
+    for path in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
+        for block in re.findall(r"```python\n(.*?)```", path.read_text(), re.S):
+            yield path.name, block
+
+
+IMPORTS = sorted({(name, line.split("#")[0].strip()) for name, block in _python_blocks()
+                  for line in block.splitlines()
+                  if re.match(r"\s*(from [\w.]+ import |import [\w.])", line)})
+
+
+@pytest.mark.parametrize("doc,line", IMPORTS, ids=[f"{d}:{x}" for d, x in IMPORTS])
+def test_every_import_the_docs_show_works(doc, line):
+    exec(line, {})      # noqa: S102 - the docs' own import line
+
+
+def test_the_readme_five_lines_run():
+    block = next(b for name, b in _python_blocks() if name == "README.md")
+    namespace = {}
+    exec(block, namespace)      # noqa: S102 - the README's first example, as written
+    assert namespace["x_0"].shape == (16, 8, 8, 1)
+    assert namespace["traj"].xs.shape == (6, 16, 8, 8, 1)
