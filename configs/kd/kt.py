@@ -12,12 +12,16 @@ networks, the 24-layer Mixer (4,096,621 parameters; dropout 0.1), Adam lr 1e-3, 
 4096, 1000 epochs of cosine annealing, evaluation every 25 epochs on the 10k test images.
 The paper reports ~1 day on one A800 for the translator alone; the pairs took 8 GPUs.
 
-Options (comma-separated after the colon; at most one of cpu and tiny):
+Options (comma-separated after the colon; at most one of cpu, large and tiny):
   cpu:   reduced to fit ~20 minutes on 2 shared CPU cores (see docs/jaxkd_kt.md): 256
          training pairs and 32 held-out networks, each pair trained for only 30 + 30
          SGD steps of batch 16 on a 10k-image training subset (the paper: 4,690 + 4,690
          steps of batch 128 on 60k), a 4-layer Mixer (C = 64), 60 epochs of batch 64,
          evaluation on the first 1,000 test images.
+  large: issue 15's larger test, sized to one session: 1,024 training pairs trained twice
+         as long as cpu's (60 + 60 SGD steps of batch 16), 64 held-out networks, hidden
+         channels sorted (canonical=norm), the same 4-layer Mixer for 100 epochs. Pair
+         generation ~2.5 h on 2 loaded CPU cores (resumable chunk by chunk).
   tiny:  a few steps of everything (tests, smoke runs).
 Augmentation (paper's limited-data study) via overrides, e.g.
   --config.augment.mask_prob=0.1 --config.augment.mask_target=t   (t, s or both)
@@ -30,7 +34,7 @@ import ml_collections
 
 from jaxinfra import config_args
 
-SIZES = ("cpu", "tiny")
+SIZES = ("cpu", "large", "tiny")
 
 
 def get_config(arg=None):
@@ -96,6 +100,25 @@ def get_config(arg=None):
         c.translator.hidden_c_dim = 256
         c.translator.batch_size = 64
         c.translator.epochs = 60
+        c.eval_every = 10
+        c.eval_batch_size = 500
+        c.checkpoint_every = 10
+    if size == "large":
+        c.max_train_examples = 10_000
+        c.max_test_examples = 1_000
+        c.canonical = "norm"
+        c.pairs.num_train = 1024
+        c.pairs.num_val = 64
+        c.pairs.batch_size = 16
+        c.pairs.steps_large = 60
+        c.pairs.steps_small = 60
+        c.pairs.chunk_size = 128
+        c.translator.num_layers = 4
+        c.translator.c_dim = 64
+        c.translator.hidden_s_dim = 128
+        c.translator.hidden_c_dim = 256
+        c.translator.batch_size = 128
+        c.translator.epochs = 100
         c.eval_every = 10
         c.eval_batch_size = 500
         c.checkpoint_every = 10
