@@ -455,11 +455,14 @@ def test_nan_stops_training_and_nothing_is_saved(tiny, tmp_path, monkeypatch):
 # ---------------------------------------------------------------- bad options
 def test_bad_options_name_the_valid_ones(tmp_path):
     for arg in ("gpu", "tyni", "seed=1"):
-        with pytest.raises(ValueError, match="accepted: cpu, tiny"):
+        with pytest.raises(ValueError, match="accepted: cpu, large, tiny"):
             kt_config.get_config(arg)
     with pytest.raises(ValueError, match="exclude each other"):
         kt_config.get_config("cpu,tiny")
     assert kt_config.get_config("cpu").pairs.num_train == 256
+    large = kt_config.get_config("large")
+    assert (large.pairs.num_train, large.pairs.steps_large, large.canonical) == (1024, 60,
+                                                                                 "norm")
     assert kt_config.get_config("").pairs.num_train == 300_000
     cfg = kt_config.get_config("tiny")
     cfg.augment.mask_target = "x"
