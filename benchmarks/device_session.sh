@@ -16,6 +16,9 @@
 # and writes $OUT/results.tgz (JSON results and logs) and $OUT/kd_runs.tgz (the KD runs:
 # result.json and metrics.jsonl of finished runs; everything of unfinished ones and of
 # teachers trained here). SMOKE=1 shrinks every stage (a CPU check of this script);
+# STAGES the stages to run (default "kdiff edm_train kge kd"), KGE_SIZES the entity counts
+# of the kge stage (default 1000000,10000000; 1e7 needs ~5 min, most of it building the
+# graph and its filter index on the host), KGE_BUDGET its seconds (default 80).
 # PY is the interpreter (default python3), DEADLINE the seconds for all stages, KD_ARGS
 # more arguments of the KD stage (e.g. "--student_epochs=12 --student_milestones=8,10",
 # which trains the students into their own folder).
@@ -47,8 +50,10 @@ import jax
 print("devices", jax.devices())
 EOF
 
+STAGES=${STAGES:-kdiff edm_train kge kd}
 stage() {   # stage NAME SECONDS CMD...: runs CMD with a limit, logs to $RES/NAME.log
   local name=$1 budget=$2; shift 2
+  case " $STAGES " in *" $name "*) ;; *) echo "$name: not in STAGES"; return ;; esac
   local left=$(( DEADLINE - $(elapsed) ))
   [ "$budget" -gt "$left" ] && budget=$left
   if [ "$budget" -lt 20 ]; then echo "[$(elapsed) s] $name: skipped (no time left)"; return; fi
@@ -67,7 +72,7 @@ if [ "$SMOKE" = 1 ]; then
 else
   KDIFF="--batches=1,64,1024,16384 --solvers=euler,heun,dpmpp_2m,euler_ancestral,dpmpp_2m_sde --torch_device=cuda --min_total_s=1.0"
   EDM="configs/edm_fashion_mnist.py"; EDM_STEPS=300
-  KGE="--sizes=1000000,10000000"
+  KGE="--sizes=${KGE_SIZES:-1000000,10000000}"
   KD="--rows=ce,kd,kd_w11,fitnet,dskd,camkd,camkd_noscale,aver,ebkd,fitnet_mkd,aekd --student_max_train=10000"
   STUDENTS=.devcarry/kd/students
 fi
@@ -78,7 +83,7 @@ stage kdiff 100 $PY -m benchmarks.kdiffusion_vs_jaxdiff --out="$RES/kdiffusion_g
 stage edm_train 90 $PY -m jaxdiff.train --config="$EDM" --workdir="$RES/edm_train" \
   --config.num_steps=$EDM_STEPS --config.sample.every=0 --config.progress=False
 rm -rf "$RES/edm_train/checkpoints"
-stage kge 80 $PY -m benchmarks.kge_sharded_scaling $KGE --shards=1 --compare_unsharded=0 \
+stage kge ${KGE_BUDGET:-80} $PY -m benchmarks.kge_sharded_scaling $KGE --shards=1 --compare_unsharded=0 \
   --max_load=1.0 --out="$RES/kge_gpu.json"
 stage kd $(( DEADLINE - 25 - $(elapsed) )) $PY -m benchmarks.kd_fashion --option=fashion_full \
   $KD ${KD_ARGS:-} --teacher_root=.devcarry/kd --workdir=$STUDENTS${KD_ARGS:+_$(echo "$KD_ARGS" | tr -dc 'a-z0-9')} \

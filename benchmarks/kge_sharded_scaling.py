@@ -382,7 +382,10 @@ def main(argv=None):
                f"--{k}={v}" for k, v in vars(args).items() if k not in ("out", "pykeen_worker")),
            "rows": rows, "xla_temporaries": temporaries_fit(rows),
            "machine": f"{os.cpu_count()} CPUs {platform.machine()}, jax {jax.__version__}, "
-                      f"{args.shards} host devices sharing the CPUs",
+                      + (f"{args.shards} host devices sharing the CPUs"
+                         if jax.devices()[0].platform == "cpu" else
+                         f"{args.shards} of {jax.device_count()} "
+                         f"{jax.devices()[0].device_kind}"),
            "v5e_64_assumptions": f"{V5E_CHIPS} chips x 16 GiB HBM, entity rows split over "
                                  f"all chips, tables + Adam moments within "
                                  f"{args.hbm_fraction:.0%} of HBM",
