@@ -85,7 +85,7 @@ def get_config(arg=None):
     c.extend = False                   # True: continue a finished run to more translator.epochs
     c.progress = True
 
-    if size == "cpu":
+    if size in ("cpu", "large"):       # large: cpu's settings with the changes below
         c.max_train_examples = 10_000
         c.max_test_examples = 1_000
         c.pairs.num_train = 256
@@ -104,24 +104,14 @@ def get_config(arg=None):
         c.eval_batch_size = 500
         c.checkpoint_every = 10
     if size == "large":
-        c.max_train_examples = 10_000
-        c.max_test_examples = 1_000
         c.canonical = "norm"
         c.pairs.num_train = 1024
         c.pairs.num_val = 64
-        c.pairs.batch_size = 16
         c.pairs.steps_large = 60
         c.pairs.steps_small = 60
         c.pairs.chunk_size = 128
-        c.translator.num_layers = 4
-        c.translator.c_dim = 64
-        c.translator.hidden_s_dim = 128
-        c.translator.hidden_c_dim = 256
         c.translator.batch_size = 128
         c.translator.epochs = 100
-        c.eval_every = 10
-        c.eval_batch_size = 500
-        c.checkpoint_every = 10
     if size == "tiny":
         c.max_train_examples = 512
         c.max_test_examples = 256
