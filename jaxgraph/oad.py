@@ -50,7 +50,7 @@ state layout is unchanged and resuming stays exact; checkpoints of OAD runs reco
 all epochs) is refused instead of being resumed with its old selection.
 
 Several processes (``--num_processes``): the seeds are split over a mesh of one device per
-process (:func:`jaxgraph.train.process_mesh`) when their number is a multiple of the
+process (:func:`jaxinfra.mesh.process_mesh`) when their number is a multiple of the
 process count, else every process trains them all; the metrics are gathered to every
 process and process 0 writes them.
 
@@ -79,7 +79,6 @@ from jaxgraph.train import (
     make_optimizer,
     masked_accuracy,
     masked_cross_entropy,
-    process_mesh,
     run_epochs,
     run_settings,
     task_from_config,
@@ -401,7 +400,7 @@ def run_oad(config, workdir: str) -> dict:
         settings["selection"] = "okd_epochs"
     step, init = jax.vmap(oad.step, in_axes=(0, None, 0)), jax.vmap(oad.init)
     evaluate = jax.vmap(oad.evaluate, in_axes=(0, None))
-    mesh, sharded = process_mesh(), {}
+    mesh, sharded = mesh_lib.process_mesh(), {}
     if mesh is not None:       # several processes: the seeds split over them
         rep = mesh_lib.replicated(mesh)
         by_seed = mesh_lib.sharded(mesh) if len(seeds) % mesh.size == 0 else rep

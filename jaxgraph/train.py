@@ -26,9 +26,9 @@ Never losing work, never accepting bad input silently (shared with :mod:`jaxgrap
 
 Several processes (``--num_processes``, :mod:`jaxinfra.distributed`): the graph is small
 and trained full-batch, so every process runs the same step on its first device (the
-state replicated over a mesh of one device per process, :func:`process_mesh`); process 0
-writes the metrics and ``result.json``, every process takes part in the checkpoints. The
-result equals a one-process run's.
+state replicated over a mesh of one device per process,
+:func:`jaxinfra.mesh.process_mesh`); process 0 writes the metrics and ``result.json``,
+every process takes part in the checkpoints. The result equals a one-process run's.
 
 Also the shared pieces of :mod:`jaxgraph.oad`: :class:`NodeTask` (padded graph + labels +
 split masks), :func:`load_task`, masked losses / accuracies, the optimiser, model
@@ -54,7 +54,7 @@ from jaxinfra.metrics import MetricsLog
 __all__ = ["NodeTask", "load_task", "task_from_config", "check_task", "masked_cross_entropy",
            "masked_accuracy", "make_optimizer", "TrainState", "Selection", "make_train_step",
            "make_eval_fn", "update_selection", "check_config", "run_settings", "run_epochs",
-           "process_mesh", "train_and_evaluate"]
+           "train_and_evaluate"]
 
 
 class NodeTask(struct.PyTreeNode):
@@ -348,13 +348,6 @@ def run_settings(config, ignore=()) -> dict:
     return checkpoints.settings(config, ignore=("data_dir",) + tuple(ignore))
 
 
-def process_mesh():
-    """None on one process; else a 1-D ("data") mesh of the first device of every
-    process, over which the full-batch jobs replicate their work (or split their seeds)."""
-    n = distributed.process_count()
-    return None if n == 1 else mesh_lib.mesh_1d("data", n)
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains ``config.model`` on ``config.dataset``; returns (and writes) the summary."""
     check_config(config)
@@ -365,7 +358,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     key = jax.random.PRNGKey(config.seed)
     init_key, train_key = jax.random.split(key)
     state = init_state(model, tx, task, init_key)
-    mesh = process_mesh()
+    mesh = mesh_lib.process_mesh()
     if mesh is not None:       # the same work on every process: replicated everywhere
         task, state, train_key = jax.device_put((task, state, train_key),
                                                 mesh_lib.replicated(mesh))

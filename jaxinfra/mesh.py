@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 __all__ = ["mesh_1d", "mesh_2d", "mesh_devices", "replicated", "sharded",
-           "check_batch_split", "local_rows", "epoch_permutation", "batch_indices",
+           "process_mesh", "check_batch_split", "local_rows", "epoch_permutation", "batch_indices",
            "steps_per_epoch", "step_batches", "global_batch"]
 
 
@@ -120,6 +120,14 @@ def sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
     """The leading axis is split over the mesh's first axis ("data"), the array is
     replicated over the others."""
     return NamedSharding(mesh, P(mesh.axis_names[0]))
+
+
+def process_mesh(axis: str = "data") -> jax.sharding.Mesh | None:
+    """None on one process; else a 1-D mesh of the first device of every process, for
+    jobs whose work is small enough to replicate on each process (or to split by whole
+    runs, such as seeds, over the processes) rather than over every local device."""
+    n = jax.process_count()
+    return None if n == 1 else mesh_1d(axis, n)
 
 
 def check_batch_split(batch_size: int, mesh: jax.sharding.Mesh,
