@@ -43,6 +43,8 @@ import time
 
 import numpy as np
 
+from benchmarks.seed_stats import mean_std
+
 # CIFAR-100 top-1 (%) from the spec (distillation.md section 6: RepDistiller README,
 # resnet32x4 -> resnet8x4, mean of runs, best epoch). DSKD and CA-MKD tables are in
 # their arXiv PDFs, which the spec does not reproduce.
@@ -252,9 +254,7 @@ def _wall(roots, runs):
 
 
 def _summary(values):
-    v = 100 * np.asarray(values, float)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "values": v.tolist()}
+    return mean_std(values, scale=100)
 
 
 def _images(config):

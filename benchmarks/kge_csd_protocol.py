@@ -32,7 +32,7 @@ import json
 import os
 import time
 
-import numpy as np
+from benchmarks.seed_stats import mean_std
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("distmult", "rotate", "complex", "transe", "simple", "tucker")
@@ -133,9 +133,7 @@ def group(model, dim, a) -> dict:
 
 
 def _stat(rows, key):
-    v = np.array([key(r) for r in rows], float)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "values": v.tolist()}
+    return mean_std([key(r) for r in rows])
 
 
 def summarise(groups) -> list:

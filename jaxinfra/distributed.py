@@ -10,7 +10,8 @@ Every job started through :func:`jaxinfra.cli.run_job` accepts
 
 Without them (or with ``--num_processes=1``) nothing is started and a job runs as before.
 Only jobs written for several processes (``run_job(..., multi_process=True)``: jaxkd.train,
-jaxdiff.train, jaxgraph.kge, jaxgraph.train, jaxgraph.oad) accept more than one; the others
+jaxkd.kt, jaxdiff.train, jaxdiff.noisy_classifier, jaxgraph.kge, jaxgraph.train,
+jaxgraph.oad) accept more than one; the others
 refuse with a one-line error rather than run N independent copies into one workdir.
 The runtime is started before any JAX backend is created. On CPU, cross-process
 collectives need an implementation: JAX 0.10 accepts ``gloo``, ``mpi`` and ``megascale``

@@ -19,7 +19,7 @@ PACKAGES = ("jaxinfra", "jaxdiff", "jaxkd", "jaxgraph")
 DOMAINS = ("jaxdiff", "jaxkd", "jaxgraph")
 JAXDIFF_LAUNCHERS = {f"jaxdiff.{n}" for n in ("train", "fid", "bench", "compare", "analyze",
                                                "guide", "detect", "amed_train",
-                                               "inception_weights")}
+                                               "inception_weights", "noisy_classifier")}
 
 
 def _modules():

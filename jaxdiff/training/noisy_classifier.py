@@ -4,6 +4,12 @@ Adam on softmax cross-entropy of noised images x = x_0 + sigma * eps, sigma log-
 [sigma_min, sigma_max] (default) or log-normal (EDM's ``exp(p_mean + p_std * n)``). A
 step's batch indices, sigmas and noise depend only on (seed, step), so an interrupted run
 resumed from its checkpoint ends with the same parameters as an uninterrupted one.
+
+Data parallel with ``train(..., mesh=...)`` (``python -m jaxdiff.noisy_classifier`` passes
+a "data" mesh of every device of every process): the step's batch indices are drawn on
+the host (the values one device draws), each process puts only its rows of the batch on
+its devices (:func:`jaxinfra.mesh.global_batch`), the state is replicated and jit sums the
+gradients; only process 0 writes logs.
 """
 from __future__ import annotations
 
@@ -19,11 +25,12 @@ import optax
 from flax import struct
 
 from jaxdiff.models.noisy_classifier import NoisyClassifier, NoisyClassifierState
-from jaxinfra import checkpoints, finite
+from jaxinfra import checkpoints, distributed, finite
+from jaxinfra import mesh as mesh_lib
 from jaxinfra.metrics import MetricsLog
 
 __all__ = ["NoiseConfig", "TrainState", "DEFAULTS", "SIGMA_DISTS", "sample_sigmas",
-           "train_step", "train", "load"]
+           "batch_indices", "train_step", "train", "load"]
 
 SIGMA_DISTS = ("loguniform", "lognormal")
 
@@ -66,26 +73,36 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx", "noise", "batch_size"),
-                   donate_argnums=(0,))
-def train_step(state: TrainState, images, labels, key, *, model: NoisyClassifier,
-               tx: optax.GradientTransformation, noise: NoiseConfig, batch_size: int):
+def _step_keys(key, step):
+    """(indices, sigmas, noise) keys of update ``step``."""
+    return jax.random.split(jax.random.fold_in(key, step), 3)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "batch_size"))
+def batch_indices(key, step, *, n: int, batch_size: int):
+    """(batch_size,) int32 example indices of update ``step`` (drawn with replacement
+    from ``n`` examples; a function of (key, step) only)."""
+    return jax.random.randint(_step_keys(key, step)[0], (batch_size,), 0, n, jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tx", "noise"), donate_argnums=(0,))
+def train_step(state: TrainState, x0, y, key, *, model: NoisyClassifier,
+               tx: optax.GradientTransformation, noise: NoiseConfig):
     """One Adam step of softmax cross-entropy on a noised batch.
 
     Args:
       state: the :class:`TrainState` (donated).
-      images: (N, H, W, C) float32 clean training images in [-1, 1].
-      labels: (N,) int32 labels.
-      key: the run's data key; the step's key is ``fold_in(key, state.step)``.
-      model, tx, noise, batch_size: static settings.
+      x0: (B, H, W, C) float32 clean images in [-1, 1], the examples
+        :func:`batch_indices` picks for update ``state.step`` (sharded or not).
+      y: (B,) int32 labels.
+      key: the run's data key; the step's keys come from ``fold_in(key, state.step)``.
+      model, tx, noise: static settings.
 
     Returns:
       (new_state, metrics) with float32 ``loss`` (nats) and batch ``accuracy``.
     """
-    k_idx, k_sigma, k_eps = jax.random.split(jax.random.fold_in(key, state.step), 3)
-    idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0], jnp.int32)
-    x0, y = images[idx], labels[idx]
-    sigma = sample_sigmas(k_sigma, batch_size, noise)
+    _, k_sigma, k_eps = _step_keys(key, state.step)
+    sigma = sample_sigmas(k_sigma, x0.shape[0], noise)
     x = x0 + sigma[:, None, None, None] * jax.random.normal(k_eps, x0.shape, x0.dtype)
 
     def loss_fn(p):
@@ -162,7 +179,7 @@ def _init_state(model, s, tx):
 
 
 def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None, *,
-          stop_at_step: int | None = None):
+          stop_at_step: int | None = None, mesh: jax.sharding.Mesh | None = None):
     """Trains a :class:`NoisyClassifier` (or loads/resumes it from ``workdir``).
 
     Args:
@@ -175,20 +192,30 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
         other settings is an error (use another folder).
       stop_at_step: stop after this step (simulates an interruption; a checkpoint is
         saved there).
+      mesh: None (one device) or a mesh whose first axis splits every batch
+        (``batch_size`` must be a multiple of its size); the same parameters up to
+        float32 rounding of the gradient sums.
 
     Returns:
-      ``(NoisyClassifierState, info)``; info holds the settings, ``steps_trained`` in
-      this call, ``seconds`` and the last logged ``loss``/``accuracy`` (on noised batches).
+      ``(NoisyClassifierState, info)`` (with a mesh: parameters on the host); info holds
+      the settings, ``steps_trained`` in this call, ``seconds`` and the last logged
+      ``loss``/``accuracy`` (on noised batches).
 
     Raises:
-      ValueError: bad settings, images or labels (before any training), or a checkpoint
-        of different settings in ``workdir``.
+      ValueError: bad settings, images or labels, a batch that does not split over
+        ``mesh`` (before any training), or a checkpoint of different settings in
+        ``workdir``.
     """
     from tqdm import tqdm
 
     s = _settings(cfg, images, labels)
     model, noise, tx = _model(s), _noise(s), _adam(float(s["lr"]))
+    if mesh is not None:
+        mesh_lib.check_batch_split(int(s["batch_size"]), mesh, "batch_size")
     state = _init_state(model, s, tx)
+    key = jax.random.fold_in(jax.random.PRNGKey(int(s["seed"])), 7)
+    if mesh is not None:       # replicated state; every batch split over the mesh
+        state, key = jax.device_put((state, key), mesh_lib.replicated(mesh))
     start, mngr = 0, None
     if workdir is not None:
         mngr = checkpoints.manager(workdir, save_every=int(s["checkpoint_every"]), keep=2)
@@ -197,19 +224,26 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
             key=lambda m: checkpoints.settings(m["settings"]), workdir=workdir)
     end = int(s["num_steps"]) if stop_at_step is None else min(int(stop_at_step),
                                                                int(s["num_steps"]))
-    images_d = jnp.asarray(images, jnp.float32)
-    labels_d = jnp.asarray(labels, jnp.int32)
-    key = jax.random.fold_in(jax.random.PRNGKey(int(s["seed"])), 7)
+    data = (np.asarray(images, np.float32), np.asarray(labels, np.int32))
+    if mesh is None:
+        data = jax.device_put(data)
+    n, bs = data[0].shape[0], int(s["batch_size"])
+    main = distributed.is_main_process()
     info = {"settings": s, "steps_trained": max(end - start, 0)}
     t0 = time.perf_counter()
     log = MetricsLog(workdir, start_step=start) if workdir is not None else None
     acc = []
     try:
         with tqdm(total=end, initial=min(start, end), desc="noisy classifier", unit="step",
-                  disable=not s["progress"]) as bar:
+                  disable=not s["progress"] or not main) as bar:
             for step in range(start + 1, end + 1):
-                state, m = train_step(state, images_d, labels_d, key, model=model, tx=tx,
-                                      noise=noise, batch_size=int(s["batch_size"]))
+                idx = batch_indices(key, step - 1, n=n, batch_size=bs)
+                if mesh is None:
+                    x0, y = data[0][idx], data[1][idx]
+                else:                       # this process's rows of the global batch
+                    x0, y = mesh_lib.global_batch(mesh_lib.sharded(mesh), data,
+                                                  np.asarray(idx))
+                state, m = train_step(state, x0, y, key, model=model, tx=tx, noise=noise)
                 acc.append(m)
                 due_save = mngr is not None and (step % int(s["checkpoint_every"]) == 0
                                                  or step == end)
@@ -236,7 +270,10 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
             mngr.close()
     info["seconds"] = time.perf_counter() - t0
     info["step"] = int(state.step)
-    return NoisyClassifierState(model, state.params, tuple(s["image_shape"])), info
+    # With a mesh, the parameters come back to the host: the state is then used like a
+    # one-device one (each process evaluates on its own).
+    params = state.params if mesh is None else jax.device_get(state.params)
+    return NoisyClassifierState(model, params, tuple(s["image_shape"])), info
 
 
 def load(workdir: str) -> NoisyClassifierState:

@@ -4,4 +4,5 @@ from jaxinfra.cli import run_job
 from jaxkd.kt import experiment
 
 if __name__ == "__main__":
-    run_job(experiment.run, experiment.report, what="KT config file (configs/kd/kt.py)")
+    run_job(experiment.run, experiment.report, what="KT config file (configs/kd/kt.py)",
+            multi_process=True)

@@ -4,10 +4,13 @@ evaluation, with ``results.json`` and a printed report.
 Writes to ``workdir``: ``pairs/{train,val}_<chunk>.npz`` (:mod:`jaxkd.kt.pairs`),
 ``checkpoints/<epoch>/`` (:mod:`jaxkd.kt.translator`), ``metrics.jsonl`` + ``tb/``
 (train loss per epoch, eval accuracies) and ``results.json`` (:func:`run`).
+
+Several processes (``--num_processes``; :mod:`jaxinfra.distributed`): the pairs of a chunk
+are split over every device of every process, the translator is replicated on each
+process, and process 0 writes every file; the results equal one process's.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -15,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinfra import config_checks
+from jaxinfra import config_checks, distributed
 from jaxkd.kt import data, evaluate, nets, pairs, translator
 from jaxkd.kt.augmentation import check_target
 
@@ -112,13 +115,14 @@ def run(config, workdir: str, *, stop_at_epoch: int | None = None) -> dict:
                          "total": time.perf_counter() - t0},
         "devices": [str(d) for d in jax.devices()],
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    distributed.write_json(os.path.join(workdir, "results.json"), result)
     return result
 
 
 def report(result, workdir):
-    """Prints the accuracy table of a :func:`run` result."""
+    """Prints the accuracy table of a :func:`run` result (on process 0)."""
+    if not distributed.is_main_process():
+        return
     acc = result["accuracy"]
     print(f"KT on {result['dataset']}: {result['num_train_pairs']} training pairs, "
           f"{result['num_val_networks']} held-out networks, "

@@ -17,6 +17,11 @@ flip fails its zip CRC-32, a truncation its directory) is moved to ``pairs/corru
 a warning and generated again (pairs depend only on their keys); a chunk whose training
 ended in NaN or inf is never saved.
 
+Several processes (:mod:`jaxinfra.distributed`): every process runs the same loop; a
+chunk's pairs are split over every device of every process and gathered on each;
+process 0 alone writes the chunk files and the settings (and moves unreadable chunks
+aside); a chunk is generated again unless every process could read it.
+
 The chunks hold the blocks as trained; ``config.canonical`` reorders their hidden channels
 only when they become translator arrays (:func:`pair_arrays`), so it is not a pair setting
 and one pair set serves every value.
@@ -36,7 +41,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jaxinfra import checkpoints, finite
+from jaxinfra import checkpoints, distributed, finite
 from jaxinfra import mesh as mesh_lib
 from jaxkd import guards
 from jaxkd.kt import nets
@@ -149,10 +154,13 @@ def train_pair(key, images, labels, *, cfg: PairConfig) -> dict:
             "simple": simple, "loss_large": last(losses1), "loss_small": last(losses2)}
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _train_pairs(keys, images, labels, *, cfg):
-    return jax.vmap(functools.partial(train_pair, cfg=cfg), in_axes=(0, None, None))(
+@functools.partial(jax.jit, static_argnames=("cfg", "out_sharding"))
+def _train_pairs(keys, images, labels, *, cfg, out_sharding=None):
+    out = jax.vmap(functools.partial(train_pair, cfg=cfg), in_axes=(0, None, None))(
         keys, images, labels)
+    if out_sharding is not None:         # several processes: every one gets every pair
+        out = jax.lax.with_sharding_constraint(out, out_sharding)
+    return out
 
 
 def generate_pairs(key, num: int, images, labels, *, cfg: PairConfig) -> dict:
@@ -161,17 +169,25 @@ def generate_pairs(key, num: int, images, labels, *, cfg: PairConfig) -> dict:
 
     Pair i uses ``jax.random.fold_in(key, i)``, so a pair depends neither on ``num`` nor
     on the device count. With several devices and ``num`` divisible by their count, the
-    pair axis is sharded over a 1-D mesh ("nets"); images are replicated.
+    pair axis is sharded over a 1-D mesh ("nets"); images are replicated. With several
+    processes the mesh spans every device of every process (``num`` is padded with extra
+    keys to a multiple of the device count, their pairs dropped) and every process
+    receives all ``num`` pairs.
     """
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num))
+    processes = jax.process_count()
+    n_dev = jax.device_count()
+    padded = -(-num // n_dev) * n_dev if processes > 1 else num
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(padded))
     images, labels = jnp.asarray(images), jnp.asarray(labels)
-    n_dev = jax.local_device_count()
-    if n_dev > 1 and num % n_dev == 0:
-        mesh = mesh_lib.mesh_1d("nets", n_dev)
+    out_sharding = None
+    if n_dev > 1 and padded % n_dev == 0:
+        mesh = mesh_lib.mesh_1d("nets")          # one process: its local devices
         keys = jax.device_put(keys, mesh_lib.sharded(mesh))
         images = jax.device_put(images, mesh_lib.replicated(mesh))
         labels = jax.device_put(labels, mesh_lib.replicated(mesh))
-    return _train_pairs(keys, images, labels, cfg=cfg)
+        out_sharding = mesh_lib.replicated(mesh) if processes > 1 else None
+    out = _train_pairs(keys, images, labels, cfg=cfg, out_sharding=out_sharding)
+    return out if padded == num else jax.tree.map(lambda x: x[:num], out)
 
 
 def _save_npz(path, tree):
@@ -210,7 +226,7 @@ def check_pair_settings(config, workdir: str, *, record: bool = True) -> None:
                 f"{folder!r} holds pairs generated with other settings: {'; '.join(diffs)}. "
                 "Use a new --workdir, or the saved settings")
         return
-    if not record:
+    if not record or not distributed.is_main_process():
         return
     os.makedirs(folder, exist_ok=True)
     tmp = path + ".tmp"
@@ -237,8 +253,8 @@ def _check_finite(part, split: str, c: int) -> None:
 
 
 def _read_chunk(path, n: int):
-    """The chunk at ``path``, or None (moved to ``pairs/corrupt/``, with a warning) when
-    it cannot be read, does not hold ``n`` pairs or holds NaN/inf."""
+    """The chunk at ``path``, or None (moved to ``pairs/corrupt/`` by process 0, with a
+    warning) when it cannot be read, does not hold ``n`` pairs or holds NaN/inf."""
     try:
         part = _load_npz(path)
         sizes = {np.asarray(x).shape[0] for x in jax.tree.leaves(part)}
@@ -248,6 +264,8 @@ def _read_chunk(path, n: int):
             raise ValueError("holds NaN or inf")
         return part
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        if not distributed.is_main_process():
+            return None
         dst = os.path.join(os.path.dirname(path), "corrupt", os.path.basename(path))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         shutil.move(path, dst)
@@ -279,18 +297,19 @@ def pair_set(config, split: str, images, labels, workdir: str, *, progress=True)
     parts = []
     starts = list(range(0, num, chunk))
     for c, lo in enumerate(tqdm(starts, desc=f"{split} pairs (x{chunk})", unit="chunk",
-                                disable=not progress)):
+                                disable=not progress or not distributed.is_main_process())):
         path = os.path.join(folder, f"{split}_{c:05d}.npz")
         n = min(chunk, num - lo)
         part = _read_chunk(path, n) if os.path.exists(path) else None
-        if part is None:
+        if not distributed.all_true(part is not None):     # generated by every process
             if images is None:
                 raise FileNotFoundError(f"pair chunk {path} is missing and no images were "
                                         "given to generate it")
             key = jax.random.fold_in(base, c)
             part = jax.device_get(generate_pairs(key, n, images, labels, cfg=cfg))
             _check_finite(part, split, c)
-            _save_npz(path, part)
+            if distributed.is_main_process():
+                _save_npz(path, part)
         parts.append(part)
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
 

@@ -10,6 +10,11 @@ checkpoints the :class:`TranslatorState` with :mod:`jaxinfra.checkpoints` (resum
 exactly from the newest good checkpoint; one of other settings is refused, listing the
 differences; ``config.extend=True`` continues a finished run to more epochs), stops at
 the first NaN/inf loss or parameter, and logs to ``metrics.jsonl`` + ``tb/``.
+
+Several processes: the translator is small, so every process trains the same one, its
+state and arrays replicated over one device per process
+(:func:`jaxinfra.mesh.process_mesh`; Orbax saves it with every process taking part);
+each process evaluates the translated blocks on its own, and process 0 writes the logs.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxinfra import checkpoints, finite
+from jaxinfra import checkpoints, distributed, finite
+from jaxinfra import mesh as mesh_lib
 from jaxinfra.metrics import MetricsLog
 from jaxkd import guards
 from jaxkd.kt import evaluate, nets
@@ -222,6 +228,10 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
         "params"]
     state = TranslatorState(step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
                             params=params, opt_state=tx.init(params))
+    mesh = mesh_lib.process_mesh()
+    if mesh is not None:        # the same work on every process: replicated everywhere
+        state, tokens, targets, val_tokens, key = jax.device_put(
+            (state, tokens, targets, val_tokens, key), mesh_lib.replicated(mesh))
     mngr = checkpoints.manager(workdir, save_every=int(config.checkpoint_every),
                                keep=int(config.keep_checkpoints))
     meta = _meta(config)
@@ -249,7 +259,7 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
     try:
         with MetricsLog(workdir, start_step=start) as log, \
                 tqdm(total=end, initial=start, desc="translator", unit="epoch",
-                     disable=not progress) as bar:
+                     disable=not progress or not distributed.is_main_process()) as bar:
             for epoch in range(start + 1, end + 1):
                 state, loss = train_epoch(state, tokens, targets, key, model=model, tx=tx,
                                           batch_size=bs, aug=aug)
@@ -260,7 +270,7 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
                 bar.set_postfix(loss=f"{row['train/loss']:.3e}")
                 if (int(config.eval_every) and epoch % int(config.eval_every) == 0) or \
                         epoch == end:
-                    simple = translate(model, state.params, val_tokens)
+                    simple = jax.device_get(translate(model, state.params, val_tokens))
                     acc = evaluate.evaluate_blocks(val_pairs["begin"], val_pairs["last"],
                                                    {"params": simple}, test_images,
                                                    test_labels, batch_size=bsz)

@@ -13,15 +13,22 @@
   gnn  jaxgraph.train: configs/gnn/gnn_planetoid.py:cora,gcn,tiny, 3 epochs (full batch,
        replicated on one device per process);
   oad  jaxgraph.oad: configs/gnn/oad_cora.py:tiny, 1 warm-up + 2 OKD epochs (2 seeds,
-       split over the processes).
+       split over the processes);
+  kt   jaxkd.kt: configs/kd/kt.py:tiny cut down to 8 training pairs (split over the 4
+       devices) and 2 held-out networks (padded to 4 on two processes), 3 + 3 SGD steps on
+       64 fixture images, 2 translator epochs, evaluation on 32 images;
+  nc   jaxdiff.noisy_classifier: configs/guide_digits.py:tiny's noise-aware classifier,
+       12 updates of batch 32 on the digits (split over the 4 devices), checkpoints at 6
+       and 12, accuracy at 2 noise levels on the held-out digits.
 
 ``cut``: the update (kd, edm) after which the stopped runs (``--cut_workdir``) end.
 """
 import ml_collections
 from kd_testnet import tiny_config
 
-from configs import edm_digits
+from configs import edm_digits, guide_digits
 from configs.gnn import gnn_planetoid, oad_cora
+from configs.kd import kt as kt_config
 from configs.kge.kge import get_config as kge_config
 
 
@@ -39,5 +46,11 @@ def get_config():
     c.gnn.epochs, c.gnn.checkpoint_every = 3, 3         # one save, at the end
     c.oad = oad_cora.get_config("tiny")
     c.oad.warmup_epochs, c.oad.okd_epochs, c.oad.checkpoint_every = 1, 2, 3
+    c.kt = kt_config.get_config("tiny")
+    c.kt.max_train_examples, c.kt.max_test_examples = 64, 32
+    c.kt.pairs.num_val, c.kt.pairs.steps_large, c.kt.pairs.steps_small = 2, 3, 3
+    c.kt.translator.optimizer = "sgd"      # Adam would scale rounding-level gradients to lr
+    c.nc = guide_digits.get_config("tiny")
+    c.nc.noisy_classifier.update({"num_steps": 12, "log_every": 6, "checkpoint_every": 6})
     c.cut = ml_collections.ConfigDict({"kd": 5, "edm": 3})
     return c

@@ -1,7 +1,8 @@
 """``python distributed_job.py --config=distributed_config.py --workdir=W --out=O
-[--jobs=kd,edm,kge,gnn,oad] [--cut_workdir=C] [--coordinator_address=... --num_processes=...
---process_id=...]``: the tiny jaxkd.train, jaxdiff.train and jaxgraph.kge trainings of
-distributed_config.py, one after the other in the same processes (one start-up and one
+[--jobs=kd,edm,kge,gnn,oad,kt,nc] [--cut_workdir=C] [--coordinator_address=...
+--num_processes=... --process_id=...]``: the tiny trainings of distributed_config.py
+(jaxkd.train, jaxdiff.train, jaxgraph.kge, jaxgraph.train, jaxgraph.oad, jaxkd.kt,
+jaxdiff.noisy_classifier), one after the other in the same processes (one start-up and one
 set of imports), through the shared entry point (:func:`jaxinfra.cli.run_job` with
 ``multi_process=True``, whose flags start jax.distributed).
 
@@ -25,7 +26,7 @@ sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent / "jaxkd")]   # configs/, 
 
 from jaxinfra.cli import run_job  # noqa: E402
 
-JOBS = ("kd", "edm", "kge", "gnn", "oad")
+JOBS = ("kd", "edm", "kge", "gnn", "oad", "kt", "nc")
 
 
 def define_flags(flags):
@@ -117,6 +118,25 @@ def _oad(config, workdir, cut_workdir, cut):
     yield "oad", result, _edm_state(workdir, "GNN OAD"), {}
 
 
+def _kt(config, workdir, cut_workdir, cut):
+    from jaxkd.kt import experiment, pairs
+
+    del cut_workdir, cut
+    result = experiment.run(config, workdir)
+    saved = {split: pairs.pair_set(config, split, None, None, workdir, progress=False)
+             for split in ("train", "val")}
+    yield "kt", result, {"pairs": saved, "translator": _edm_state(workdir, "translator")}, {}
+
+
+def _nc(config, workdir, cut_workdir, cut):
+    from jaxdiff.experiments import noisy_classifier
+
+    del cut_workdir, cut
+    result = noisy_classifier.run(config, workdir)
+    yield "nc", result, _edm_state(os.path.join(workdir, noisy_classifier.SUBDIR),
+                                   "noisy classifier"), {}
+
+
 def _write(out, me, result, tree, extra):
     import jax
     import numpy as np
@@ -136,7 +156,8 @@ def run(config, workdir):
     from absl import flags
 
     fl = flags.FLAGS
-    runners = {"kd": _kd, "edm": _edm, "kge": _kge, "gnn": _gnn, "oad": _oad}
+    runners = {"kd": _kd, "edm": _edm, "kge": _kge, "gnn": _gnn, "oad": _oad,
+               "kt": _kt, "nc": _nc}
     for job in fl.jobs:
         cut = int(config.cut.get(job, 0))
         cut_dir = os.path.join(fl.cut_workdir, job) if fl.cut_workdir and cut else None

@@ -355,8 +355,8 @@ def _assert_rows_close(a, b, rtol, atol):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One process x 4 devices, then two processes x 2 devices, each running the kd, edm
-    and kge trainings in turn; the two processes also stop kd and edm runs early (edm's is
+    """One process x 4 devices, then two processes x 2 devices, each running the seven tiny
+    trainings in turn; the two processes also stop kd and edm runs early (edm's is
     resumed in the same processes); then two new processes resume the stopped kd run."""
     root = tmp_path_factory.mktemp("dist")
     _launch(1, 4, root / "one", root / "one_out")
@@ -479,6 +479,49 @@ def test_gnn_and_oad_on_two_processes_train_what_one_process_trains(runs):
                        rtol=1e-5, atol=1e-6)
 
 
+def test_kt_on_two_processes_generates_and_translates_what_one_process_does(runs):
+    root = runs[0]
+    one, ref, infos, leaves = _layouts(runs, "kt")
+    # 8 training pairs sharded 2 per device in both layouts; the 2 held-out networks are
+    # padded to 4 keys on two processes (one pair per device), unsharded on one process.
+    assert ref["['pairs']['train']['loss_large']"].shape == (8,)
+    assert ref["['pairs']['val']['loss_large']"].shape == (2,)
+    # The same pairs up to float32 rounding of another compilation (measured: 2.4e-7 on
+    # losses of 2.3, 6e-8 elsewhere), and an SGD translator trained on them that stays
+    # as close (Adam would scale rounding-level gradients of near-zero parameters to
+    # lr-sized steps: 1e-3 measured).
+    worst = _worst(leaves[0], ref)
+    assert worst <= 1e-6, worst
+    assert max(float(np.max(np.abs(ref[k]))) for k in ref if "translator" in k) > 0.1
+    a, b = one["result"], infos[0]["result"]
+    assert (a["epochs_done"], b["epochs_done"]) == (2, 2)
+    for name, summary in a["accuracy"].items():       # counts of correct test images
+        assert _untimed(b["accuracy"][name]) == _untimed(summary) or name == "ridge", name
+    assert a["accuracy"]["ridge"]["mean"] == b["accuracy"]["ridge"]["mean"]
+    _assert_rows_close(_rows(root / "one" / "kt"), _rows(root / "two" / "kt"),
+                       rtol=1e-5, atol=1e-7)
+
+
+def test_noisy_classifier_on_two_processes_trains_what_one_process_with_4_devices_does(
+        runs):
+    root = runs[0]
+    one, ref, infos, leaves = _layouts(runs, "nc")
+    for res in (one["result"], infos[0]["result"]):
+        assert (res["step"], res["devices"]) == (12, 4)
+    assert (one["result"]["processes"], infos[0]["result"]["processes"]) == (1, 2)
+    # float32 rounding of the cross-process gradient sums (measured: 3.0e-8 on parameters
+    # of size <= 0.8 after 12 Adam updates)
+    worst = _worst(leaves[0], ref)
+    assert worst <= 1e-6, worst
+    assert max(float(np.max(np.abs(ref[k]))) for k in ref if "params" in k) > 0.5
+    # accuracies on the noised held-out digits: counts of correct images
+    assert (infos[0]["result"]["test_accuracy_vs_sigma"]
+            == one["result"]["test_accuracy_vs_sigma"])
+    _assert_rows_close(_rows(root / "one" / "nc" / "noisy_classifier"),
+                       _rows(root / "two" / "nc" / "noisy_classifier"),
+                       rtol=1e-5, atol=1e-6)
+
+
 def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_result(runs):
     root, _, cut_steps = runs
     # jaxkd: stopped after update 5, resumed by two new processes.
@@ -512,7 +555,11 @@ def test_only_process_0_writes_the_run_files(runs):
                 "edm": (["metrics.jsonl", "tb/events"], ["2", "4"]),
                 "kge": (["metrics.jsonl", "results.json", "tb/events"], ["1", "2"]),
                 "gnn": (["metrics.jsonl", "result.json", "tb/events"], None),
-                "oad": (["metrics.jsonl", "result.json", "tb/events"], None)}
+                "oad": (["metrics.jsonl", "result.json", "tb/events"], None),
+                "kt": (["metrics.jsonl", "pairs/settings.json", "pairs/train_00000.npz",
+                        "pairs/val_00000.npz", "results.json", "tb/events"], ["1", "2"]),
+                "nc/noisy_classifier": (["metrics.jsonl", "result.json", "tb/events"],
+                                        ["6", "12"])}
     for job, (files, steps) in expected.items():
         got = _run_files(root / "two" / job)
         assert _run_files(root / "one" / job) == got and got[0] == files, job
