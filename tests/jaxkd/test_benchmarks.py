@@ -41,12 +41,32 @@ def test_timing_helpers_come_from_benchmarks_timing(name):
     assert not _defined(path) & (HELPERS | {"_cpu_ticks", "_version"})   # no copies left
 
 
+#: The benchmark modules every domain's benchmarks may share (they import no domain).
+SHARED = ("benchmarks.timing", "benchmarks.seed_stats")
+
+
 @pytest.mark.parametrize("name", ["kd_step_torch.py", "kd_fashion.py"])
 def test_kd_benchmarks_import_no_other_domain(name):
     mods = _from_imports(ROOT / "benchmarks" / name)
     bad = [m for m in mods if m.split(".")[0] in ("jaxdiff", "jaxgraph")
-           or (m.startswith("benchmarks.") and m != "benchmarks.timing")]
+           or (m.startswith("benchmarks.") and m not in SHARED)]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("module", SHARED)
+def test_shared_benchmark_helpers_import_no_domain_package(module):
+    path = ROOT / (module.replace(".", "/") + ".py")
+    mods = _from_imports(path)
+    assert not [m for m in mods if m.split(".")[0] in ("jaxdiff", "jaxkd", "jaxgraph",
+                                                       "benchmarks")], mods
+
+
+def test_seed_stats_are_the_mean_and_the_sample_std():
+    from benchmarks.seed_stats import mean_std
+
+    assert mean_std([0.5, 0.7], scale=100) == {"mean": 60.0, "std": 14.142135623730951,
+                                               "values": [50.0, 70.0]}
+    assert mean_std([0.3]) == {"mean": 0.3, "std": 0.0, "values": [0.3]}
 
 
 def test_importing_kd_step_torch_loads_no_jaxdiff():
