@@ -373,6 +373,28 @@ def test_corrupt_checkpoint_and_pair_chunk_are_recovered(tiny, tmp_path):
     assert _metric_steps(w, "train/loss") == [1, 2]
 
 
+def test_a_process_other_than_0_regenerates_a_bad_chunk_but_moves_and_writes_nothing(
+        tiny, tmp_path, monkeypatch):
+    """Process 1 of 2 (simulated; its peer agrees that the chunk is bad): it trains the
+    chunk's pairs with the others, leaves the damaged file to process 0 (which moves it
+    aside and writes the new one) and gets the very pairs the file held."""
+    from jaxinfra import distributed
+
+    cfg, workdir, _ = tiny
+    w = _copy(workdir, tmp_path)
+    chunk = pathlib.Path(w, "pairs", "val_00000.npz")
+    truncate(chunk)
+    damaged = chunk.read_bytes()
+    monkeypatch.setattr(distributed, "process_index", lambda: 1)
+    monkeypatch.setattr(distributed, "all_true", lambda ok: bool(ok))
+    train_x, train_y, _, _ = kt.load_data(cfg)
+    got = pairs_lib.pair_set(cfg, "val", jnp.asarray(train_x), jnp.asarray(train_y), w,
+                             progress=False)
+    assert chunk.read_bytes() == damaged
+    assert not os.path.exists(os.path.join(w, "pairs", "corrupt"))
+    jax.tree.map(np.testing.assert_array_equal, got, _pairs(cfg, workdir, "val"))
+
+
 def test_resume_refuses_other_settings_and_extends_on_request(tiny, tmp_path):
     cfg, workdir, result = tiny
     w = _copy(workdir, tmp_path)
