@@ -70,6 +70,24 @@ def trained(denoise):
     return pred, sigmas, logs
 
 
+def test_training_on_a_batch_split_over_4_devices_is_the_unsharded_training(trained,
+                                                                            denoise):
+    """The fixture's 256 warm-up states split over a 4-device "data" mesh: the same
+    predictor after 36 Adam updates, up to the float32 rounding of its gradient sums taken
+    in another order (measured: 2.1e-7 on parameters of size <= 0.84)."""
+    from jaxinfra import mesh as mesh_lib
+
+    pred, sigmas, _ = trained
+    x_T = 5.0 * jax.random.normal(jax.random.PRNGKey(3), (256, 4), jnp.float64)
+    x_sh = jax.device_put(x_T, mesh_lib.sharded(mesh_lib.mesh_1d("data", 4)))
+    split = amed_training.train(denoise, x_sh, sigmas, base="euler", batch_size=64,
+                                epochs=3, learning_rate=2e-2)
+    assert split.num_updates == pred.num_updates == 36
+    pairs = list(zip(jax.tree.leaves(split.params), jax.tree.leaves(pred.params)))
+    worst = max(float(np.max(np.abs(np.asarray(a) - b))) for a, b in pairs)
+    assert worst <= 1e-6, worst
+
+
 def test_training_lowers_the_loss(trained):
     pred, _, logs = trained
     assert pred.num_updates == 12 * 3

@@ -280,6 +280,25 @@ def test_search_other_grid_and_metric(denoise):
     assert np.asarray(sigmas).shape == (4,) and np.all(np.diff(np.asarray(sigmas)) < 0)
 
 
+def test_a_search_over_a_sharded_batch_is_the_unsharded_search(denoise):
+    """Warm-up noise split over 4 devices (a "data" mesh): the same costs (float64 sums in
+    another order), the same schedules, and the teacher's end points stay sharded."""
+    from jaxinfra import mesh as mesh_lib
+
+    x_T = 80.0 * jax.random.normal(jax.random.PRNGKey(5), (16, 4), jnp.float64)
+    x_sh = jax.device_put(x_T, mesh_lib.sharded(mesh_lib.mesh_1d("data", 4)))
+    grid = schedules.get("polynomial", 13)
+    plain = gits.run_teacher(denoise, x_T, grid, metrics=("dev", "l2"))
+    split = gits.run_teacher(denoise, x_sh, grid, metrics=("dev", "l2"))
+    for m in ("dev", "l2"):
+        np.testing.assert_allclose(split.costs[m], plain.costs[m], rtol=1e-12, atol=1e-14)
+        for k in (3, 5):
+            np.testing.assert_array_equal(gits.dp_schedule(split.costs[m], k),
+                                          gits.dp_schedule(plain.costs[m], k))
+    assert len(split.x_end.sharding.device_set) == 4
+    np.testing.assert_allclose(split.x_end, plain.x_end, rtol=1e-12)
+
+
 def test_search_and_cost_bad_inputs(denoise):
     x_T = 80.0 * jnp.ones((4, 4))
     for kw, match in [({"metric": "l3"}, "metric"), ({"grid_size": 1}, "grid_size"),
