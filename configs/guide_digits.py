@@ -6,12 +6,16 @@ with a noise-aware classifier, inpainting, ODE inversion and SDEdit, with measur
         --config.task=inpaint                       # one task only
     python -m jaxdiff.guide --config=configs/guide_digits.py --workdir=runs/guide_digits \\
         --config.publish=True    # also copy the JSON and figures into the repository
+    python -m jaxdiff.noisy_classifier --config=configs/guide_digits.py \
+        --workdir=runs/guide_digits   # the noise-aware classifier alone, on every device
 
 Needs the class-conditional digits U-Net in ``unet_workdir``; it is trained first when
 missing (the same run as
 ``python -m jaxdiff.train --config=configs/edm_digits.py:cond --workdir=runs/edm_digits_cond``,
 2000 steps, 7-10 minutes on 2 idle cores). The noise-aware classifier
-(:mod:`jaxdiff.noisy_classifier`, ``workdir/noisy_classifier``) and the plain scoring
+(:mod:`jaxdiff.training.noisy_classifier`, ``workdir/noisy_classifier``; or trained
+beforehand by ``python -m jaxdiff.noisy_classifier`` on every device of every process)
+and the plain scoring
 classifier (:mod:`jaxdiff.fid`, ``workdir/classifier``) are trained on the first use
 (Orbax checkpoints, reused afterwards). Scoring accuracy is the plain classifier's on the
 generated images; it never sees noise and is not the one used for guidance.
@@ -53,12 +57,15 @@ def get_config(arg=None):
         "solver": "heun", "num_steps": 10, "sigma_min": 0.002, "sigma_max": 80.0,
         "rho": 7.0})
 
-    # Noise-aware classifier p(y | x_sigma, sigma) (jaxdiff.noisy_classifier.DEFAULTS).
+    # Noise-aware classifier p(y | x_sigma, sigma) (jaxdiff.training.noisy_classifier.DEFAULTS).
     c.noisy_classifier = ml_collections.ConfigDict({
         "width": 32, "features": 64, "emb_channels": 32, "sigma_dist": "loguniform",
         "sigma_min": 0.002, "sigma_max": 80.0, "num_steps": 2000, "batch_size": 128,
         "lr": 2e-3, "seed": 0, "log_every": 100, "checkpoint_every": 500})
     c.noisy_eval_sigmas = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 80.0)
+    # python -m jaxdiff.noisy_classifier only: its "data" mesh (0: every device of every
+    # process; jaxdiff.guide trains the classifier on one device when it is missing).
+    c.noisy_classifier_devices = 0
 
     # Guidance sweeps: class accuracy of guided samples versus the scale.
     c.guidance = ml_collections.ConfigDict({

@@ -42,6 +42,7 @@ import numpy as np
 import jaxdiff
 from jaxdiff import conditioning, frechet, guidance, schedules
 from jaxdiff.experiments import fid
+from jaxdiff.experiments import noisy_classifier as nc_job
 from jaxdiff.models import noisy_classifier as nc
 from jaxdiff.models import unet
 from jaxdiff.training import edm as train_lib
@@ -226,12 +227,9 @@ def task_classifier_free(ctx):
 
 def task_classifier(ctx):
     cfg = ctx.config
-    info_dir = os.path.join(ctx.workdir, "noisy_classifier")
-    settings = dict(cfg.noisy_classifier)
-    settings["progress"] = bool(cfg.progress)
-    state, info = nc_training.train(ctx.x_tr, ctx.y_tr, settings, info_dir)
-    noisy_acc = nc.accuracy_vs_sigma(state, ctx.x_te, ctx.y_te, cfg.noisy_eval_sigmas,
-                                     key=ctx.key(90))
+    info_dir = os.path.join(ctx.workdir, nc_job.SUBDIR)
+    state, info = nc_training.train(ctx.x_tr, ctx.y_tr, nc_job.classifier_settings(cfg),
+                                    info_dir)
     log_prob = nc.log_prob_fn(state)
     n = int(cfg.guidance.num_samples)
     base = ctx.uncond(n)
@@ -242,8 +240,8 @@ def task_classifier(ctx):
             "nfe": jaxdiff.nfe(cfg.sampling.solver, int(cfg.sampling.num_steps)),
             "noisy_classifier": {
                 "steps_trained_now": info["steps_trained"], "seconds": info["seconds"],
-                "test_accuracy_vs_sigma": dict(zip(map(str, cfg.noisy_eval_sigmas),
-                                                   noisy_acc))},
+                "test_accuracy_vs_sigma": nc_job.noised_accuracy(state, ctx.x_te,
+                                                                 ctx.y_te, cfg)},
             "note": "unconditional denoiser (null label) + w sigma^2 grad_x log p(y|x;sigma)"}
 
 

@@ -26,27 +26,39 @@ from jaxdiff.training import noisy_classifier as nc_training
 from jaxinfra import distributed
 from jaxinfra import mesh as mesh_lib
 
-__all__ = ["SUBDIR", "run", "main"]
+__all__ = ["SUBDIR", "classifier_settings", "noised_accuracy", "run", "main"]
 
 #: Where the classifier goes inside the workdir (the folder ``jaxdiff.guide`` reads).
 SUBDIR = "noisy_classifier"
+#: The PRNG stream (``fold_in(PRNGKey(config.seed), .)``) of the noised test images.
+ACCURACY_STREAM = 90
+
+
+def classifier_settings(config) -> dict:
+    """The training settings of a guidance config's classifier (this job's and
+    ``jaxdiff.guide``'s: the same settings find the same checkpoint)."""
+    return dict(config.noisy_classifier, progress=bool(config.progress))
+
+
+def noised_accuracy(state, images, labels, config) -> dict:
+    """``{str(sigma): accuracy}`` on the test images noised at ``config.noisy_eval_sigmas``
+    (the same noise in this job and in ``jaxdiff.guide``)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), ACCURACY_STREAM)
+    acc = nc.accuracy_vs_sigma(state, images, labels, config.noisy_eval_sigmas, key=key)
+    return dict(zip(map(str, config.noisy_eval_sigmas), map(float, acc)))
 
 
 def run(config, workdir: str) -> dict:
     """Trains (or resumes, or loads when finished) the classifier; returns its figures."""
-    settings = dict(config.noisy_classifier, progress=bool(config.progress))
-    mesh = mesh_lib.mesh_1d("data", int(config.get("noisy_classifier_devices", 0)))
+    mesh = mesh_lib.mesh_1d("data", int(config.noisy_classifier_devices))
     (x_tr, y_tr), (x_te, y_te) = fid.load_splits(config.unet)
     out = os.path.join(workdir, SUBDIR)
-    state, info = nc_training.train(x_tr, y_tr, settings, out, mesh=mesh)
-    acc = nc.accuracy_vs_sigma(state, x_te, y_te, config.noisy_eval_sigmas,
-                               key=jax.random.PRNGKey(int(config.seed)))
+    state, info = nc_training.train(x_tr, y_tr, classifier_settings(config), out, mesh=mesh)
     result = {"steps_trained_now": info["steps_trained"], "step": info["step"],
               "seconds": info["seconds"], "devices": mesh.size,
               "processes": jax.process_count(), "train_loss": info.get("loss"),
               "train_accuracy": info.get("accuracy"),
-              "test_accuracy_vs_sigma": dict(zip(map(str, config.noisy_eval_sigmas),
-                                                 map(float, acc)))}
+              "test_accuracy_vs_sigma": noised_accuracy(state, x_te, y_te, config)}
     distributed.write_json(os.path.join(out, "result.json"), result)
     return result
 

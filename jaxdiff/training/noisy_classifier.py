@@ -6,9 +6,10 @@ step's batch indices, sigmas and noise depend only on (seed, step), so an interr
 resumed from its checkpoint ends with the same parameters as an uninterrupted one.
 
 Data parallel with ``train(..., mesh=...)`` (``python -m jaxdiff.noisy_classifier`` passes
-a "data" mesh of every device of every process): the step's batch indices are drawn on
-the host (the values one device draws), each process puts only its rows of the batch on
-its devices (:func:`jaxinfra.mesh.global_batch`), the state is replicated and jit sums the
+a "data" mesh of every device of every process): each process draws the step's batch
+indices on its CPU backend (the values one device draws; no wait on the training
+devices), puts only its rows of the batch on its devices
+(:func:`jaxinfra.mesh.global_batch`); the state is kept replicated and jit sums the
 gradients; only process 0 writes logs.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from jaxinfra import mesh as mesh_lib
 from jaxinfra.metrics import MetricsLog
 
 __all__ = ["NoiseConfig", "TrainState", "DEFAULTS", "SIGMA_DISTS", "sample_sigmas",
-           "batch_indices", "train_step", "train", "load"]
+           "step_indices", "train_step", "train", "load"]
 
 SIGMA_DISTS = ("loguniform", "lognormal")
 
@@ -79,24 +80,26 @@ def _step_keys(key, step):
 
 
 @functools.partial(jax.jit, static_argnames=("n", "batch_size"))
-def batch_indices(key, step, *, n: int, batch_size: int):
+def step_indices(key, step, *, n: int, batch_size: int):
     """(batch_size,) int32 example indices of update ``step`` (drawn with replacement
     from ``n`` examples; a function of (key, step) only)."""
     return jax.random.randint(_step_keys(key, step)[0], (batch_size,), 0, n, jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx", "noise"), donate_argnums=(0,))
+@functools.partial(jax.jit, static_argnames=("model", "tx", "noise", "state_sharding"),
+                   donate_argnums=(0,))
 def train_step(state: TrainState, x0, y, key, *, model: NoisyClassifier,
-               tx: optax.GradientTransformation, noise: NoiseConfig):
+               tx: optax.GradientTransformation, noise: NoiseConfig, state_sharding=None):
     """One Adam step of softmax cross-entropy on a noised batch.
 
     Args:
       state: the :class:`TrainState` (donated).
       x0: (B, H, W, C) float32 clean images in [-1, 1], the examples
-        :func:`batch_indices` picks for update ``state.step`` (sharded or not).
+        :func:`step_indices` picks for update ``state.step`` (sharded or not).
       y: (B,) int32 labels.
       key: the run's data key; the step's keys come from ``fold_in(key, state.step)``.
       model, tx, noise: static settings.
+      state_sharding: with a mesh, its replicated sharding: the new state is kept there.
 
     Returns:
       (new_state, metrics) with float32 ``loss`` (nats) and batch ``accuracy``.
@@ -113,6 +116,8 @@ def train_step(state: TrainState, x0, y, key, *, model: NoisyClassifier,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         opt_state=opt_state)
+    if state_sharding is not None:
+        new = jax.lax.with_sharding_constraint(new, state_sharding)
     return new, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(lg, -1) == y)}
 
 
@@ -214,8 +219,11 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
         mesh_lib.check_batch_split(int(s["batch_size"]), mesh, "batch_size")
     state = _init_state(model, s, tx)
     key = jax.random.fold_in(jax.random.PRNGKey(int(s["seed"])), 7)
+    index_key, rep = key, None
     if mesh is not None:       # replicated state; every batch split over the mesh
-        state, key = jax.device_put((state, key), mesh_lib.replicated(mesh))
+        rep = mesh_lib.replicated(mesh)
+        state, key = jax.device_put((state, key), rep)
+        index_key = jax.device_put(index_key, jax.local_devices(backend="cpu")[0])
     start, mngr = 0, None
     if workdir is not None:
         mngr = checkpoints.manager(workdir, save_every=int(s["checkpoint_every"]), keep=2)
@@ -237,13 +245,14 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
         with tqdm(total=end, initial=min(start, end), desc="noisy classifier", unit="step",
                   disable=not s["progress"] or not main) as bar:
             for step in range(start + 1, end + 1):
-                idx = batch_indices(key, step - 1, n=n, batch_size=bs)
+                idx = step_indices(index_key, step - 1, n=n, batch_size=bs)
                 if mesh is None:
                     x0, y = data[0][idx], data[1][idx]
                 else:                       # this process's rows of the global batch
                     x0, y = mesh_lib.global_batch(mesh_lib.sharded(mesh), data,
                                                   np.asarray(idx))
-                state, m = train_step(state, x0, y, key, model=model, tx=tx, noise=noise)
+                state, m = train_step(state, x0, y, key, model=model, tx=tx, noise=noise,
+                                      state_sharding=rep)
                 acc.append(m)
                 due_save = mngr is not None and (step % int(s["checkpoint_every"]) == 0
                                                  or step == end)

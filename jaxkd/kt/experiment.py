@@ -7,7 +7,9 @@ Writes to ``workdir``: ``pairs/{train,val}_<chunk>.npz`` (:mod:`jaxkd.kt.pairs`)
 
 Several processes (``--num_processes``; :mod:`jaxinfra.distributed`): the pairs of a chunk
 are split over every device of every process, the translator is replicated on each
-process, and process 0 writes every file; the results equal one process's.
+process, and process 0 writes every file; the results equal one process's up to float32
+rounding (which an Adam translator can scale up on parameters whose gradients are near
+zero: tests/jaxinfra/test_distributed.py).
 """
 from __future__ import annotations
 

@@ -266,10 +266,13 @@ def _read_chunk(path, n: int):
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
         if not distributed.is_main_process():
             return None
-        dst = os.path.join(os.path.dirname(path), "corrupt", os.path.basename(path))
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.move(path, dst)
         reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        dst = os.path.join(os.path.dirname(path), "corrupt", os.path.basename(path))
+        try:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.move(path, dst)
+        except OSError as move_err:  # no raise here: the other processes wait for this one
+            dst = f"nowhere ({move_err}); it will be overwritten"
         guards.warn(f"pair chunk {path} is unreadable ({type(err).__name__}: {reason}); "
                     f"moved to {dst}; generating it again")
         return None
