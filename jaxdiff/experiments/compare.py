@@ -14,6 +14,13 @@ reference's setting) and no AFS at even NFE; ``amed_afs_mean`` says what AFS ass
 D(x; 80) to be ("zero": the reference; "data": the data mean; "denoiser": D(0; 80)).
 The GITS rows use the config's search (``gits_metric``) and, for ``+gits_dev``, the
 reference's cost; every row of results.json states its settings.
+
+Nothing finished is lost: each (regime, method, NFE) row and each regime's summary is
+appended to ``workdir/rows.jsonl`` as soon as it exists, and a later call in the same
+workdir reuses them and runs only what is missing. Only which rows to run
+(``regimes``, ``methods``, ``nfes``) may differ between calls; any other setting is
+refused, listing the differences (``workdir/settings.json``), so a long comparison can be
+run in pieces (e.g. one method at a time) and assembled by a last call that asks for all.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import jaxdiff
 from jaxdiff import denoisers, gits, schedules
 from jaxdiff.experiments import bench
 from jaxdiff.training import amed as amed_training
-from jaxinfra import config_checks
+from jaxinfra import checkpoints, config_checks
 
 METHODS = ("ipndm", "ipndm+gits", "ddim+gits", "ipndm+gits_dev", "ddim+gits_dev",
            "ipndm+amed", "amed", "dpmpp", "unipc")
@@ -128,7 +135,81 @@ def fd_scorer(cfg, images):
     return lambda samples: fid.fd_of_samples(samples, classifier, real)
 
 
-def run_regime(regime, images, cfg, progress):
+#: What to run, not how: calls that differ only here share their rows.
+ROW_SELECTION = ("regimes", "methods", "nfes")
+ROWS_FILE = "rows.jsonl"
+
+
+class RowCache:
+    """The rows and regime summaries of earlier calls in ``workdir`` (``rows.jsonl``),
+    and the file new ones are appended to (one JSON line each, flushed to disk).
+
+    Raises:
+      SettingsMismatchError: ``workdir`` holds rows of other settings (every difference
+        listed); only :data:`ROW_SELECTION` may change.
+    """
+
+    def __init__(self, cfg, workdir: str):
+        self.path = os.path.join(workdir, ROWS_FILE)
+        settings_path = os.path.join(workdir, "settings.json")
+        asked = checkpoints.settings(cfg, ignore=ROW_SELECTION)
+        if os.path.exists(settings_path):
+            with open(settings_path) as f:
+                diffs = checkpoints.differences(json.load(f), asked)
+            if diffs:
+                raise checkpoints.SettingsMismatchError(
+                    f"{workdir!r} holds comparison rows of other settings: "
+                    f"{'; '.join(diffs)}. Use a new --workdir, or the saved settings")
+        else:
+            with open(settings_path, "w") as f:
+                json.dump(asked, f, indent=1, sort_keys=True)
+        self.rows, self.infos = {}, {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                text = f.read()
+            complete, _, cut = text.rpartition("\n")
+            if cut:         # a last line cut short by a kill: dropped before appending
+                tmp = self.path + ".tmp"
+                with open(tmp, "w") as f:
+                    f.write(complete + "\n" if complete else "")
+                os.replace(tmp, self.path)
+            for line in complete.splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "info" in entry:
+                    self.infos[entry["regime"]] = entry["info"]
+                else:
+                    self.rows[(entry["regime"], entry["method"], entry["nfe"])] = entry
+
+    def _append(self, entry: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def add_row(self, row: dict) -> None:
+        self.rows[(row["regime"], row["method"], row["nfe"])] = row
+        self._append(row)
+
+    def add_info(self, regime: str, info: dict) -> None:
+        self.infos[regime] = info
+        self._append({"regime": regime, "info": info})
+
+
+def run_regime(regime, images, cfg, progress, cache: RowCache):
+    """The rows (cfg.methods x cfg.nfes) and the summary of one regime, reusing the rows
+    ``cache`` holds and adding the new ones to it as they finish."""
+    wanted = [(m, n) for m in cfg.methods for n in cfg.nfes]
+    missing = [(m, n) for m, n in wanted if (regime, m, n) not in cache.rows]
+    if not missing and regime in cache.infos:
+        progress.update(len(wanted))
+        return [cache.rows[(regime, m, n)] for m, n in wanted], cache.infos[regime]
+    return _run_regime(regime, images, cfg, progress, cache, wanted)
+
+
+def _run_regime(regime, images, cfg, progress, cache, wanted):
     denoise, feature_fn, feature_dim = load_regime(regime, images, cfg)
     score_fd = fd_scorer(cfg, images) if regime == "edm" and cfg.fd else None
     shape = images.shape[1:]
@@ -138,36 +219,43 @@ def run_regime(regime, images, cfg, progress):
     reference, change = bench.converged_reference(denoise, x_eval, cfg.reference_steps)
     mean = bench.afs_mean(cfg.amed_afs_mean, images, denoise)
     grid = np.asarray(schedules.get("polynomial", cfg.gits_grid))
-    t0 = time.perf_counter()
-    metrics = {"dev"} | {c for c in cfg.gits_candidates if c in gits.METRICS}
-    if cfg.gits_metric != "select":
-        metrics.add(cfg.gits_metric)
-    teacher_run = gits.run_teacher(denoise, x_warm, grid, teacher="ipndm",
-                                   teacher_options={"max_order": 4},
-                                   metrics=tuple(sorted(metrics)))
-    gits_seconds = time.perf_counter() - t0
+    teacher_run, gits_seconds = None, 0.0
+    if any("+gits" in m and (regime, m, n) not in cache.rows for m, n in wanted):
+        t0 = time.perf_counter()
+        metrics = {"dev"} | {c for c in cfg.gits_candidates if c in gits.METRICS}
+        if cfg.gits_metric != "select":
+            metrics.add(cfg.gits_metric)
+        teacher_run = gits.run_teacher(denoise, x_warm, grid, teacher="ipndm",
+                                       teacher_options={"max_order": 4},
+                                       metrics=tuple(sorted(metrics)))
+        gits_seconds = time.perf_counter() - t0
     rows = []
-    for method in cfg.methods:
-        for nfe in cfg.nfes:
-            t_method = time.perf_counter()
-            out, cost = run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg,
-                                   teacher_run, mean)
-            if "+gits" in method:
-                # The teacher pass is shared by all NFEs; the selection runs are this NFE's.
-                selection_nfe = cost["gits"].get("selection_nfe", 0)
-                cost.update(seconds=gits_seconds, teacher_nfe=cfg.gits_warmup * (
-                                cfg.gits_grid - 1),
-                            selection_seconds=(time.perf_counter() - t_method
-                                               if selection_nfe else 0.0),
-                            selection_nfe=selection_nfe)
-            row = {"regime": regime, "method": method, "nfe": nfe,
-                   "error": bench.mean_l2(out, reference), **cost}
-            if score_fd is not None:
-                row["fd"] = score_fd(out)
-            rows.append(row)
+    for method, nfe in wanted:
+        if (regime, method, nfe) in cache.rows:          # finished by an earlier call
+            rows.append(cache.rows[(regime, method, nfe)])
             progress.update(1)
-    info = {"reference_change_when_halved": change,
-            "gits_search_seconds": gits_seconds}
+            continue
+        t_method = time.perf_counter()
+        out, cost = run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg,
+                               teacher_run, mean)
+        if "+gits" in method:
+            # The teacher pass is shared by all NFEs; the selection runs are this NFE's.
+            selection_nfe = cost["gits"].get("selection_nfe", 0)
+            cost.update(seconds=gits_seconds, teacher_nfe=cfg.gits_warmup * (
+                            cfg.gits_grid - 1),
+                        selection_seconds=(time.perf_counter() - t_method
+                                           if selection_nfe else 0.0),
+                        selection_nfe=selection_nfe)
+        row = {"regime": regime, "method": method, "nfe": nfe,
+               "error": bench.mean_l2(out, reference), **cost}
+        if score_fd is not None:
+            row["fd"] = score_fd(out)
+        cache.add_row(row)
+        rows.append(row)
+        progress.update(1)
+    if regime in cache.infos:
+        return rows, cache.infos[regime]
+    info = {"reference_change_when_halved": change}
     if regime == "edm":  # how far the network is from the exact denoiser of its data
         errors = denoisers.error_by_sigma(denoise, denoisers.optimal(images), images,
                                           cfg.error_sigmas, key=jax.random.PRNGKey(cfg.seed))
@@ -175,6 +263,7 @@ def run_regime(regime, images, cfg, progress):
                                              for s, e in zip(cfg.error_sigmas, errors)}
     if score_fd is not None:
         info["reference_fd"] = score_fd(reference)
+    cache.add_info(regime, info)
     return rows, info
 
 
@@ -213,13 +302,14 @@ def run(cfg, workdir: str) -> dict:
                                 f"{cfg.edm_workdir!r}; train one with python -m jaxdiff.train "
                                 f"--config=configs/edm_digits.py --workdir=runs/edm_digits")
     os.makedirs(workdir, exist_ok=True)
+    cache = RowCache(cfg, workdir)
     name, images = bench.load_images(cfg)
     results = {"dataset": name, "num_eval": cfg.num_eval, "regimes": {}}
     total = len(cfg.regimes) * len(cfg.methods) * len(cfg.nfes)
     with tqdm(total=total, desc="low-NFE comparison", unit="run") as progress, \
             open(os.path.join(workdir, "metrics.jsonl"), "w") as metrics:
         for regime in cfg.regimes:
-            rows, info = run_regime(regime, images, cfg, progress)
+            rows, info = run_regime(regime, images, cfg, progress, cache)
             for r in rows:
                 metrics.write(json.dumps(r) + "\n")
             results["regimes"][regime] = {**info, "rows": rows,

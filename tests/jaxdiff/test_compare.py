@@ -59,3 +59,36 @@ def test_edm_regime_reports_the_network_error_by_sigma(tmp_path):
     assert all(0 < e < 50 for e in errors.values()), errors
     assert {r["method"] for r in res["rows"]} == {"ipndm", "ipndm+gits"}
     assert "error to the exact denoiser" in (tmp_path / "compare" / "results.md").read_text()
+
+
+def test_finished_rows_are_kept_and_reused_and_other_settings_refused(tmp_path, monkeypatch):
+    """Each row lands in rows.jsonl when it finishes; a later call that asks for more
+    methods runs only the missing ones (a line cut short by a kill is ignored), and a
+    call with another setting than which rows to run is refused."""
+    from jaxinfra import checkpoints
+
+    cfg = get_config("test")
+    cfg.methods, cfg.nfes = ("ipndm",), (4, 5)
+    first = compare.run(cfg, str(tmp_path))["regimes"]["gmm"]
+    lines = (tmp_path / "rows.jsonl").read_text().splitlines()
+    assert len(lines) == 3                                   # 2 rows + the regime summary
+    with open(tmp_path / "rows.jsonl", "a") as f:
+        f.write('{"regime": "gmm", "method": "dpmpp", "nfe": 4, "err')   # killed mid-line
+    calls = []
+    run_method = compare.run_method
+    monkeypatch.setattr(compare, "run_method",
+                        lambda method, nfe, *a: calls.append((method, nfe))
+                        or run_method(method, nfe, *a))
+    cfg.methods = ("ipndm", "dpmpp")
+    again = compare.run(cfg, str(tmp_path))["regimes"]["gmm"]
+    assert calls == [("dpmpp", 4), ("dpmpp", 5)]
+    assert again["rows"][:2] == first["rows"]
+    assert again["reference_change_when_halved"] == first["reference_change_when_halved"]
+    assert {r["method"] for r in again["rows"]} == {"ipndm", "dpmpp"}
+    calls.clear()
+    assert compare.run(cfg, str(tmp_path))["regimes"]["gmm"]["rows"] == again["rows"]
+    assert calls == []
+    cfg.seed = 7
+    with pytest.raises(checkpoints.SettingsMismatchError,
+                       match=r"holds comparison rows of other settings: seed: 0 -> 7"):
+        compare.run(cfg, str(tmp_path))
