@@ -8,7 +8,8 @@
 #   4. kd:        issue 15's distillation table (benchmarks.kd_fashion --option=fashion_full),
 #                 resumable: what the time limit cuts off continues on any machine
 #
-# It expects, in the ignored folder .devcarry (made on the development machine):
+# It expects, in the ignored folder .devcarry (made on the development machine by
+# benchmarks/devcarry.sh):
 #   whl/            wheels the device image lacks (ml_collections, jraph, tensorboardX,
 #                   k-diffusion, torchsde, trampoline)
 #   data/fashion-mnist/  the four Fashion-MNIST IDX .gz files (JAXINFRA_DATA_PATH)
