@@ -279,10 +279,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(num_processes, devices_each, workdir, out, *extra):
-    """Runs distributed_job.py on ``num_processes`` local processes (each with
-    ``devices_each`` CPU devices); returns their logs (stdout and stderr, written to
-    files: a full pipe would block a process that its peers then wait for)."""
+def _start(num_processes, devices_each, workdir, out, *extra):
+    """Starts distributed_job.py on ``num_processes`` local processes (each with
+    ``devices_each`` CPU devices); returns (processes, log paths): stdout and stderr go to
+    files, since a full pipe would block a process that its peers then wait for."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
     port = _free_port()
@@ -295,9 +295,19 @@ def _launch(num_processes, devices_each, workdir, out, *extra):
                 [sys.executable, JOB, f"--config={CONFIG}", f"--workdir={workdir}",
                  f"--out={out}", *(dist if num_processes > 1 else []), *extra],
                 cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    return procs, logs
+
+
+def _launch(*args):
+    """:func:`_start`, then waits for every process; returns their logs."""
+    return _wait(*_start(*args))
+
+
+def _wait(procs, logs):
+    """Waits for the processes of one :func:`_start` (each must exit 0); their logs."""
     try:
         for p, log in zip(procs, logs):
-            p.wait(timeout=400)
+            p.wait(timeout=600)
             assert p.returncode == 0, log.read_text()[-3000:]
     finally:
         for p in procs:
@@ -355,12 +365,16 @@ def _assert_rows_close(a, b, rtol, atol):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One process x 4 devices, then two processes x 2 devices, each running the seven tiny
-    trainings in turn; the two processes also stop kd and edm runs early (edm's is
-    resumed in the same processes); then two new processes resume the stopped kd run."""
+    """One process x 4 devices and, at the same time, two processes x 2 devices, each
+    running the seven tiny trainings in turn; the two processes also stop kd and edm runs
+    early (edm's is resumed in the same processes); then two new processes resume the
+    stopped kd run."""
     root = tmp_path_factory.mktemp("dist")
-    _launch(1, 4, root / "one", root / "one_out")
-    logs = _launch(2, 2, root / "two", root / "two_out", f"--cut_workdir={root / 'cut'}")
+    one = _start(1, 4, root / "one", root / "one_out")
+    try:
+        logs = _launch(2, 2, root / "two", root / "two_out", f"--cut_workdir={root / 'cut'}")
+    finally:
+        _wait(*one)
     cut_steps = sorted(p.name for p in (root / "cut" / "kd" / "checkpoints").iterdir())
     _launch(2, 2, root / "cut", root / "cut_out", "--jobs=kd")
     return root, logs, cut_steps
