@@ -48,7 +48,7 @@ from jaxinfra.finite import NonFiniteError
 
 __all__ = ["manager", "save", "read_meta", "read", "resume", "open_latest", "verify",
            "latest_good", "NonFiniteError", "SettingsMismatchError", "differences", "settings",
-           "check_settings", "flatten", "RUN_ONLY_FIELDS"]
+           "check_settings", "check_settings_file", "flatten", "RUN_ONLY_FIELDS"]
 
 DEFAULT_SUBDIR = "checkpoints"
 INTEGRITY_FILE = "integrity.json"
@@ -354,6 +354,39 @@ def check_settings(saved, asked, *, step: int, what: str = "run", workdir: str =
         raise SettingsMismatchError(
             f"{workdir!r} holds a {what} checkpoint (step {step}) with other settings: "
             f"{'; '.join(diffs)}. Use a new --workdir, or the saved settings")
+
+
+def check_settings_file(folder: str, asked: dict, *, holds: str,
+                        record: bool = True) -> None:
+    """For outputs kept outside checkpoints (pair chunks, comparison rows): refuses a
+    ``folder`` whose ``settings.json`` differs from ``asked``, and records ``asked`` there
+    when it has none yet.
+
+    Args:
+      folder: where the outputs and their ``settings.json`` live.
+      asked: this call's settings (e.g. from :func:`settings`).
+      holds: what the folder holds, for the message ("'F' holds <holds> other settings").
+      record: write ``asked`` when the file is missing (process 0 only, atomically).
+
+    Raises:
+      SettingsMismatchError: every difference listed, and how to go on.
+    """
+    path = os.path.join(folder, "settings.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            diffs = differences(json.load(f), asked)
+        if diffs:
+            raise SettingsMismatchError(
+                f"{folder!r} holds {holds} other settings: {'; '.join(diffs)}. Use a new "
+                "--workdir, or the saved settings")
+        return
+    if not record or not distributed.is_main_process():
+        return
+    os.makedirs(folder, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(asked, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def _restore_good(mngr, restore):

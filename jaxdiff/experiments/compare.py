@@ -151,18 +151,8 @@ class RowCache:
 
     def __init__(self, cfg, workdir: str):
         self.path = os.path.join(workdir, ROWS_FILE)
-        settings_path = os.path.join(workdir, "settings.json")
-        asked = checkpoints.settings(cfg, ignore=ROW_SELECTION)
-        if os.path.exists(settings_path):
-            with open(settings_path) as f:
-                diffs = checkpoints.differences(json.load(f), asked)
-            if diffs:
-                raise checkpoints.SettingsMismatchError(
-                    f"{workdir!r} holds comparison rows of other settings: "
-                    f"{'; '.join(diffs)}. Use a new --workdir, or the saved settings")
-        else:
-            with open(settings_path, "w") as f:
-                json.dump(asked, f, indent=1, sort_keys=True)
+        checkpoints.check_settings_file(workdir, checkpoints.settings(cfg, ignore=ROW_SELECTION),
+                                        holds="comparison rows of")
         self.rows, self.infos = {}, {}
         if os.path.exists(self.path):
             with open(self.path) as f:

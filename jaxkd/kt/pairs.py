@@ -29,7 +29,6 @@ and one pair set serves every value.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import zipfile
@@ -49,7 +48,6 @@ from jaxkd.kt import nets
 __all__ = ["PairConfig", "canonical_mode", "canonical_pairs", "generate_pairs", "pair_arrays",
            "pair_config", "pair_set", "pair_settings", "train_pair"]
 
-SETTINGS_FILE = "settings.json"
 
 
 class PairConfig(NamedTuple):
@@ -214,25 +212,8 @@ def check_pair_settings(config, workdir: str, *, record: bool = True) -> None:
     """Refuses saved pairs of other settings (a SettingsMismatchError listing every
     difference); with ``record``, writes the settings to ``workdir/pairs/settings.json``
     when it does not exist yet."""
-    folder = os.path.join(workdir, "pairs")
-    path = os.path.join(folder, SETTINGS_FILE)
-    asked = pair_settings(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        diffs = checkpoints.differences(saved, asked)
-        if diffs:
-            raise checkpoints.SettingsMismatchError(
-                f"{folder!r} holds pairs generated with other settings: {'; '.join(diffs)}. "
-                "Use a new --workdir, or the saved settings")
-        return
-    if not record or not distributed.is_main_process():
-        return
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(asked, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    checkpoints.check_settings_file(os.path.join(workdir, "pairs"), pair_settings(config),
+                                    holds="pairs generated with", record=record)
 
 
 def _check_finite(part, split: str, c: int) -> None:
