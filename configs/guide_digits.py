@@ -6,7 +6,7 @@ with a noise-aware classifier, inpainting, ODE inversion and SDEdit, with measur
         --config.task=inpaint                       # one task only
     python -m jaxdiff.guide --config=configs/guide_digits.py --workdir=runs/guide_digits \\
         --config.publish=True    # also copy the JSON and figures into the repository
-    python -m jaxdiff.noisy_classifier --config=configs/guide_digits.py \
+    python -m jaxdiff.noisy_classifier --config=configs/guide_digits.py \\
         --workdir=runs/guide_digits   # the noise-aware classifier alone, on every device
 
 Needs the class-conditional digits U-Net in ``unet_workdir``; it is trained first when

@@ -27,8 +27,9 @@ Never losing work, never accepting bad input silently (shared with :mod:`jaxgrap
 Several processes (``--num_processes``, :mod:`jaxinfra.distributed`): the graph is small
 and trained full-batch, so every process runs the same step on its first device (the
 state replicated over a mesh of one device per process,
-:func:`jaxinfra.mesh.process_mesh`); process 0 writes the metrics and ``result.json``,
-every process takes part in the checkpoints. The result equals a one-process run's.
+:func:`jaxinfra.mesh.replicated_per_process`); process 0 writes the metrics and
+``result.json``, every process takes part in the checkpoints. The result equals a
+one-process run's.
 
 Also the shared pieces of :mod:`jaxgraph.oad`: :class:`NodeTask` (padded graph + labels +
 split masks), :func:`load_task`, masked losses / accuracies, the optimiser, model
@@ -358,10 +359,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     key = jax.random.PRNGKey(config.seed)
     init_key, train_key = jax.random.split(key)
     state = init_state(model, tx, task, init_key)
-    mesh = mesh_lib.process_mesh()
-    if mesh is not None:       # the same work on every process: replicated everywhere
-        task, state, train_key = jax.device_put((task, state, train_key),
-                                                mesh_lib.replicated(mesh))
+    task, state, train_key = mesh_lib.replicated_per_process((task, state, train_key))
     state = run_epochs(
         jax.jit(make_train_step(model, tx), donate_argnums=(0,)),
         state, task, train_key, workdir=workdir,

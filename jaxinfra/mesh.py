@@ -35,9 +35,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["mesh_1d", "mesh_2d", "mesh_devices", "replicated", "sharded",
-           "process_mesh", "check_batch_split", "local_rows", "epoch_permutation", "batch_indices",
-           "steps_per_epoch", "step_batches", "global_batch"]
+__all__ = ["mesh_1d", "mesh_2d", "mesh_devices", "replicated", "sharded", "process_mesh",
+           "replicated_per_process", "check_batch_split", "local_rows", "epoch_permutation",
+           "batch_indices", "steps_per_epoch", "step_batches", "global_batch"]
 
 
 def mesh_devices(num_devices: int = 0) -> list:
@@ -128,6 +128,14 @@ def process_mesh(axis: str = "data") -> jax.sharding.Mesh | None:
     runs, such as seeds, over the processes) rather than over every local device."""
     n = jax.process_count()
     return None if n == 1 else mesh_1d(axis, n)
+
+
+def replicated_per_process(tree):
+    """``tree`` as it is on one process; with several, replicated over
+    :func:`process_mesh`, so that every process runs the same (small) work on its first
+    device and the results are global arrays that Orbax checkpoints."""
+    mesh = process_mesh()
+    return tree if mesh is None else jax.device_put(tree, replicated(mesh))
 
 
 def check_batch_split(batch_size: int, mesh: jax.sharding.Mesh,

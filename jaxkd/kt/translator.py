@@ -13,8 +13,9 @@ the first NaN/inf loss or parameter, and logs to ``metrics.jsonl`` + ``tb/``.
 
 Several processes: the translator is small, so every process trains the same one, its
 state and arrays replicated over one device per process
-(:func:`jaxinfra.mesh.process_mesh`; Orbax saves it with every process taking part);
-each process evaluates the translated blocks on its own, and process 0 writes the logs.
+(:func:`jaxinfra.mesh.replicated_per_process`; Orbax saves it with every process taking
+part); each process evaluates the translated blocks on its own, and process 0 writes the
+logs.
 """
 from __future__ import annotations
 
@@ -228,10 +229,8 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
         "params"]
     state = TranslatorState(step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
                             params=params, opt_state=tx.init(params))
-    mesh = mesh_lib.process_mesh()
-    if mesh is not None:        # the same work on every process: replicated everywhere
-        state, tokens, targets, val_tokens, key = jax.device_put(
-            (state, tokens, targets, val_tokens, key), mesh_lib.replicated(mesh))
+    state, tokens, targets, val_tokens, key = mesh_lib.replicated_per_process(
+        (state, tokens, targets, val_tokens, key))
     mngr = checkpoints.manager(workdir, save_every=int(config.checkpoint_every),
                                keep=int(config.keep_checkpoints))
     meta = _meta(config)
