@@ -32,6 +32,7 @@ def get_config(arg=None):
     c.num_trajectories = 10_240
     c.batch_size = 128
     c.learning_rate = 5e-3
+    c.objective = "stepwise"        # stepwise (reference) | trajectory (all steps jointly)
     c.scale_dir = 0.01
     c.scale_time = 0.2
     c.num_eval = 256

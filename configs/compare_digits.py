@@ -45,6 +45,9 @@ def get_config(arg=None):
     # Digits and Fashion-MNIST are far from centred (||D(x; 80)|| ~ 5): "data" (digits GMM,
     # AMED-Plugin at NFE 5: 2.81 with "zero", 0.795 with "data").
     c.amed_afs_mean = "data"
+    # How AMED predictors are trained: "stepwise" (the reference: each step fitted with the
+    # steps before it frozen) or "trajectory" (all steps jointly, through the student's run).
+    c.amed_objective = "stepwise"
     c.amed_trajectories = 10_240
     c.amed_batch = 128
     c.feature_dim = 64

@@ -303,6 +303,11 @@ def _run(predictor, denoise_fn, feature_fn, x, sigmas, return_trajectory):
     return carry[0], (xs, jnp.concatenate([o[1] for o in outs]))
 
 
+def rollout(predictor, denoise_fn, feature_fn, x, sigmas):
+    """The student's states at every node, (N, B, ...), differentiable in its params."""
+    return _run(predictor, denoise_fn, feature_fn, x, sigmas, True)[1][0]
+
+
 @functools.partial(jax.jit, static_argnames=("fn_def", "feat_def", "return_trajectory"))
 def _run_jit(predictor, x, sigmas, fn_leaves, feat_leaves, *, fn_def, feat_def,
              return_trajectory):

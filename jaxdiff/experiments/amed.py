@@ -25,6 +25,7 @@ from jaxinfra import config_checks
 
 def run(cfg, workdir: str) -> dict:
     config_checks.one_of(cfg, "afs_mean", bench.AFS_MEANS)
+    config_checks.one_of(cfg, "objective", amed_training.OBJECTIVES)
     os.makedirs(workdir, exist_ok=True)
     name, images = bench.load_images(cfg)
     denoise = bench.build_denoiser(cfg.denoiser, images, cfg)
@@ -53,7 +54,7 @@ def run(cfg, workdir: str) -> dict:
                               batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                               scale_dir=cfg.scale_dir, scale_time=cfg.scale_time,
                               afs=cfg.afs, afs_mean=mean, seed=cfg.seed, log_fn=log,
-                              **opts)
+                              objective=cfg.objective, **opts)
             train_s = time.perf_counter() - t0
             amed_training.save(os.path.join(workdir, f"nfe{nfe}"), pred)
             out = jaxdiff.sample(denoise, x_eval, sigmas, solver=cfg.base, amed=pred)
@@ -71,7 +72,7 @@ def run(cfg, workdir: str) -> dict:
             rows.append(row)
     results = {"dataset": name, "denoiser": cfg.denoiser, "base": cfg.base, "afs": cfg.afs,
                "afs_mean": cfg.afs_mean if cfg.afs else None,
-               "teacher": cfg.teacher, "rows": rows}
+               "teacher": cfg.teacher, "objective": cfg.objective, "rows": rows}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     return results

@@ -113,9 +113,10 @@ def run_method(method, nfe, denoise, feature_fn, feature_dim, x_eval, cfg, teach
                       teacher_points=spec["teacher_points"], batch_size=cfg.amed_batch,
                       scale_time=spec["scale_time"], afs=afs,
                       afs_mean=mean if afs else None, seed=cfg.seed,
-                      **spec["options"])
+                      objective=cfg.amed_objective, **spec["options"])
     cost["seconds"] = time.perf_counter() - t0
     cost["afs"] = {"used": afs, "mean": cfg.amed_afs_mean if afs else None}
+    cost["objective"] = cfg.amed_objective
     cost["teacher_nfe"] = cfg.amed_trajectories * jaxdiff.nfe(
         spec["teacher"], stride * (num_steps - 1) + 1)
     out = jaxdiff.sample(denoise, x_eval, schedules.get(name, num_steps, **kw),
@@ -284,6 +285,7 @@ def run(cfg, workdir: str) -> dict:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; valid: {METHODS}")
     config_checks.one_of(cfg, "amed_afs_mean", bench.AFS_MEANS)
+    config_checks.one_of(cfg, "amed_objective", amed_training.OBJECTIVES)
     for r in cfg.regimes:
         if r not in ("gmm", "optimal", "edm"):
             raise ValueError(f"unknown regime {r!r}; valid: ('gmm', 'optimal', 'edm')")
