@@ -1,6 +1,9 @@
 """Why iPNDM+AMED-Plugin falls behind plain iPNDM from NFE 6 on the digits U-Net (issue 14).
 
-    python -m benchmarks.amed_plugin_diagnosis --nfes=6,8,10     # ~25 min on 2 CPU cores
+    python -m benchmarks.amed_plugin_diagnosis --nfes=8     # ~20 min on 2 CPU cores
+
+(the stored result: NFE 8, every variant, in two calls of ``--variants``; 2.5 minutes per
+stepwise predictor and 7.5 per trajectory one on cores shared with other jobs).
 
 Needs the U-Net of ``python -m jaxdiff.train --config=configs/edm_digits.py
 --workdir=runs/edm_digits``. On the 256 held-out noises and the converged Heun reference

@@ -97,12 +97,15 @@ def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
 
     ``objective="trajectory"`` (ours, not the reference's) minimises the sum of the same
     per-step losses jointly, with gradients through the student's whole run from x_T
-    (its multistep history included): one Adam update per batch instead of N - 1, for
-    about the same student compute and the same teacher calls. The stepwise rule fits
-    each step with the steps before it frozen, so a step may fit its target by leaving
-    the multistep history in a state that spoils the steps after it: on the digits U-Net
-    at NFE 8 the stepwise plugin reaches the teacher's node 2 to 0.20 and then ends 1.43
-    from it, above its own untrained start (``benchmarks/amed_plugin_diagnosis.py``).
+    (its multistep history included): one Adam update per batch instead of N - 1, with
+    the same teacher calls; backpropagating through every denoiser call of the run makes
+    it slower (digits U-Net, NFE 8: 453 s against 140 s, on shared cores). The stepwise
+    rule fits each step with the steps before it frozen, so a step may fit its target by
+    leaving the multistep history in a state that spoils the steps after it: on the
+    digits U-Net at NFE 8 the stepwise plugin reaches the teacher's node 2 to 0.20 and
+    then ends 1.43 from it, above its own untrained start (0.890 from the reference,
+    trained 1.449, trajectory 0.668, plain iPNDM 0.704;
+    ``benchmarks/amed_plugin_diagnosis.py``).
 
     Args:
       denoise_fn: the frozen denoiser, ``denoise_fn(x, sigma (B,))``.
