@@ -276,6 +276,8 @@ def markdown(rows, methods, nfes, key="error"):
             picks = [rs[n]["gits"].get("selected") for n in nfes]
             label += f" [{rs[nfes[0]]['gits']['metric']}" + (
                 f": {'/'.join(picks)}]" if all(picks) else "]")
+        if "objective" in rs[nfes[0]]:  # AMED's training rule
+            label += f" [{rs[nfes[0]]['objective']}]"
         out += f"| {label} | " + " | ".join(cells) + f" | {cost} |\n"
     return out
 

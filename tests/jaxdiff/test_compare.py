@@ -22,8 +22,10 @@ def test_compare_runs_every_method(tmp_path):
     assert by["ipndm+gits_dev"]["selection_nfe"] == 0
     assert by["amed"]["afs"] == {"used": True, "mean": "data"}  # NFE 5: AFS
     assert by["amed"]["teacher_nfe"] > 0
+    assert by["amed"]["objective"] == by["ipndm+amed"]["objective"] == "stepwise"
     assert all(r["error"] > 0 for r in rows)
-    assert "iPNDM+GITS" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "iPNDM+GITS" in table and "iPNDM+AMED-Plugin [stepwise]" in table
 
 
 def test_bad_config_fails_fast(tmp_path):
@@ -35,6 +37,11 @@ def test_bad_config_fails_fast(tmp_path):
     cfg.amed_afs_mean = "mean"
     with pytest.raises(ValueError,
                        match="unknown config.amed_afs_mean 'mean'; valid: zero, data, denoiser"):
+        compare.run(cfg, str(tmp_path))
+    cfg = get_config("test")
+    cfg.amed_objective = "global"
+    with pytest.raises(ValueError, match="unknown config.amed_objective 'global'; valid: "
+                                         "stepwise, trajectory"):
         compare.run(cfg, str(tmp_path))
     cfg = get_config("test")
     cfg.regimes = ("edm",)
