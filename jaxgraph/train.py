@@ -282,7 +282,6 @@ def run_epochs(step, state, task: NodeTask, key, *, workdir: str, meta: dict, ep
     Returns:
       The final state.
     """
-    from tqdm import tqdm
 
     check_task(task, desc or what)
     os.makedirs(workdir, exist_ok=True)
@@ -306,7 +305,7 @@ def run_epochs(step, state, task: NodeTask, key, *, workdir: str, meta: dict, ep
                              f"beyond the {epochs} epochs asked; a run cannot be shortened "
                              "(use a new --workdir)")
         with MetricsLog(workdir, start_step=start) as log:
-            bar = tqdm(range(start, epochs), disable=not progress, desc=desc)
+            bar = distributed.progress_bar(range(start, epochs), enabled=progress, desc=desc)
             for epoch in bar:
                 state, m = step(state, task, key)
                 unchecked.append((epoch + 1, m))

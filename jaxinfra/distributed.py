@@ -205,6 +205,12 @@ def is_main_process() -> bool:
     return process_index() == 0
 
 
+def progress_bar(iterable=None, *, enabled: bool = True, **tqdm_kwargs):
+    """A tqdm bar shown by process 0 only, and only when ``enabled`` (config.progress)."""
+    from tqdm import tqdm
+    return tqdm(iterable, disable=not enabled or not is_main_process(), **tqdm_kwargs)
+
+
 def broadcast_flag(value: bool) -> bool:
     """Process 0's ``value`` on every process (every process must call it)."""
     if process_count() == 1:

@@ -727,7 +727,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
 def _train(config, workdir, mngr, best_mngr, asked, extend, stop_at_step, teacher_vars,
            datasets, mesh) -> dict:
     """The body of :func:`train_and_evaluate` (which closes the managers)."""
-    from tqdm import tqdm
 
     # Checked before any data is loaded or anything compiled.
     _, saved = guards.check_resumable(mngr, asked, length_key="num_epochs", extend=extend,
@@ -800,8 +799,8 @@ def _train(config, workdir, mngr, best_mngr, asked, extend, stop_at_step, teache
     t0 = time.perf_counter()
     acc, last, t_log = [], {}, time.perf_counter()
     with MetricsLog(workdir, start_step=start) as log, \
-            tqdm(total=end, initial=start, desc=f"{config.method.name}", unit="step",
-                 disable=not config.progress or not distributed.is_main_process()) as bar:
+            distributed.progress_bar(total=end, initial=start, desc=f"{config.method.name}",
+                                     unit="step", enabled=config.progress) as bar:
         for step, idx in mesh_lib.step_batches(int(config.seed), n, bsz, start, end):
             x, y = mesh_lib.global_batch(batch_sh, (train.images, train.labels), idx)
             state, metrics = train_step(state, t_vars, x, y, key, cfg=cfg)

@@ -448,7 +448,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
       dict with step, loss (mean over the last log interval), wall_seconds, num_params,
       steps_per_epoch, num_devices.
     """
-    from tqdm import tqdm
 
     check_config(config)
     mesh = make_mesh(config)
@@ -483,8 +482,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
             unchecked.clear()
 
     with MetricsLog(workdir, start_step=start) as log, \
-            tqdm(total=end, initial=start, desc="train", unit="step",
-                 disable=not config.progress or not distributed.is_main_process()) as bar:
+            distributed.progress_bar(total=end, initial=start, desc="train", unit="step",
+                                     enabled=config.progress) as bar:
         for i, idx in mesh_lib.step_batches(int(config.seed), n, bsz, start, end):
             step = i + 1
             x, y = mesh_lib.global_batch(batch_sh, (images, labels), idx)

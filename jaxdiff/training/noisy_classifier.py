@@ -211,7 +211,6 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
         ``mesh`` (before any training), or a checkpoint of different settings in
         ``workdir``.
     """
-    from tqdm import tqdm
 
     s = _settings(cfg, images, labels)
     model, noise, tx = _model(s), _noise(s), _adam(float(s["lr"]))
@@ -236,14 +235,14 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
     if mesh is None:
         data = jax.device_put(data)
     n, bs = data[0].shape[0], int(s["batch_size"])
-    main = distributed.is_main_process()
     info = {"settings": s, "steps_trained": max(end - start, 0)}
     t0 = time.perf_counter()
     log = MetricsLog(workdir, start_step=start) if workdir is not None else None
     acc = []
     try:
-        with tqdm(total=end, initial=min(start, end), desc="noisy classifier", unit="step",
-                  disable=not s["progress"] or not main) as bar:
+        with distributed.progress_bar(total=end, initial=min(start, end),
+                                      desc="noisy classifier", unit="step",
+                                      enabled=s["progress"]) as bar:
             for step in range(start + 1, end + 1):
                 idx = step_indices(index_key, step - 1, n=n, batch_size=bs)
                 if mesh is None:

@@ -66,7 +66,6 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
         metric became NaN or infinite; the message names the epoch, the step (optimizer
         updates, 1-based) and the metric. Nothing of that epoch is saved.
     """
-    from tqdm import tqdm
 
     name = cfg.backbone.name
     if mesh is None:
@@ -75,8 +74,8 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
         train_epoch = functools.partial(sharded.train_epoch, mesh=mesh)
         place = functools.partial(sharded.place_batches, mesh)
     seconds = 0.0
-    with tqdm(total=end, initial=start, desc=name, unit="epoch",
-              disable=not progress or not distributed.is_main_process()) as bar:
+    with distributed.progress_bar(total=end, initial=start, desc=name, unit="epoch",
+                                  enabled=progress) as bar:
         for epoch in range(start, end):
             if kge_step.refresh_due(cfg.csd, epoch):
                 state = kge_step.refresh_teacher(state)

@@ -269,7 +269,6 @@ def pair_set(config, split: str, images, labels, workdir: str, *, progress=True)
       SettingsMismatchError: the saved chunks were generated with other settings.
       NonFiniteError: a pair's training ended in NaN or inf (the chunk is not saved).
     """
-    from tqdm import tqdm
     p = config.pairs
     num = int(p.num_train if split == "train" else p.num_val)
     chunk = max(1, min(int(p.chunk_size), num))
@@ -280,8 +279,8 @@ def pair_set(config, split: str, images, labels, workdir: str, *, progress=True)
     check_pair_settings(config, workdir)
     parts = []
     starts = list(range(0, num, chunk))
-    for c, lo in enumerate(tqdm(starts, desc=f"{split} pairs (x{chunk})", unit="chunk",
-                                disable=not progress or not distributed.is_main_process())):
+    for c, lo in enumerate(distributed.progress_bar(starts, desc=f"{split} pairs (x{chunk})",
+                                                    unit="chunk", enabled=progress)):
         path = os.path.join(folder, f"{split}_{c:05d}.npz")
         n = min(chunk, num - lo)
         part = _read_chunk(path, n) if os.path.exists(path) else None

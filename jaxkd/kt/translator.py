@@ -210,7 +210,6 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
         difference listed); ``config.extend=True`` lets ``translator.epochs`` grow.
       NonFiniteError: the loss or the parameters became NaN or inf (nothing saved).
     """
-    from tqdm import tqdm
 
     check_resumable(config, workdir)
     t = config.translator
@@ -257,8 +256,8 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
     bsz = int(config.eval_batch_size)
     try:
         with MetricsLog(workdir, start_step=start) as log, \
-                tqdm(total=end, initial=start, desc="translator", unit="epoch",
-                     disable=not progress or not distributed.is_main_process()) as bar:
+                distributed.progress_bar(total=end, initial=start, desc="translator",
+                                         unit="epoch", enabled=progress) as bar:
             for epoch in range(start + 1, end + 1):
                 state, loss = train_epoch(state, tokens, targets, key, model=model, tx=tx,
                                           batch_size=bs, aug=aug)

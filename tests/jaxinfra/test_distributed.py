@@ -227,6 +227,13 @@ def other_process(monkeypatch):
     monkeypatch.setattr(distributed, "barrier", lambda name: None)
 
 
+def test_progress_bars_show_on_process_0_only_when_enabled(monkeypatch):
+    assert not distributed.progress_bar(range(3), enabled=True).disable
+    assert distributed.progress_bar(range(3), enabled=False).disable
+    monkeypatch.setattr(distributed, "process_index", lambda: 1)
+    assert distributed.progress_bar(range(3), enabled=True).disable
+
+
 def test_processes_other_than_0_write_no_file(tmp_path, other_process, monkeypatch):
     work = tmp_path / "w"
     with metrics.MetricsLog(str(work), start_step=0) as log:
