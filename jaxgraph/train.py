@@ -282,7 +282,6 @@ def run_epochs(step, state, task: NodeTask, key, *, workdir: str, meta: dict, ep
     Returns:
       The final state.
     """
-
     check_task(task, desc or what)
     os.makedirs(workdir, exist_ok=True)
     mngr = checkpoints.manager(workdir, save_every=checkpoint_every, keep=2)

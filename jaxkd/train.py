@@ -727,7 +727,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
 def _train(config, workdir, mngr, best_mngr, asked, extend, stop_at_step, teacher_vars,
            datasets, mesh) -> dict:
     """The body of :func:`train_and_evaluate` (which closes the managers)."""
-
     # Checked before any data is loaded or anything compiled.
     _, saved = guards.check_resumable(mngr, asked, length_key="num_epochs", extend=extend,
                                       what="model", workdir=workdir,

@@ -77,6 +77,23 @@ def _trajectory_update(params, opt_state, x_T, targets, sigmas, fn_leaves, feat_
     return optax.apply_updates(params, updates), opt_state, per_step
 
 
+def _stepwise_updates(params, opt_state, x_b, targets, sigmas, orders, predictor, static,
+                      fn_leaves, feat_leaves, fn_def, feat_def, tx):
+    """The reference's rule on one batch: one update per step, in order, each with the
+    steps before it frozen. Returns (params, opt_state, the N - 1 step losses)."""
+    x, state = x_b, init_state(predictor, x_b, sigmas[0])
+    losses = []
+    for i in range(sigmas.shape[0] - 1):
+        params, opt_state, loss, x_next, state = _update(
+            params, opt_state, x, state, targets[i + 1], sigmas[i], sigmas[i + 1],
+            orders[i], fn_leaves, feat_leaves, predictor.afs_mean, static=static,
+            fn_def=fn_def, feat_def=feat_def, use_afs=predictor.afs and i == 0, tx=tx)
+        losses.append(float(loss))
+        x = targets[i + 1] if predictor.base in SINGLE_STEP else jax.lax.stop_gradient(x_next)
+        state = jax.lax.stop_gradient(state)
+    return params, opt_state, losses
+
+
 OBJECTIVES = ("stepwise", "trajectory")
 
 
@@ -165,18 +182,6 @@ def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
             x_b = x_T[b * batch_size:(b + 1) * batch_size]
             targets = _teacher_points(denoise_fn, x_b, teacher_sigmas, teacher,
                                       teacher_options, stride)
-            x, state = x_b, init_state(predictor, x_b, sigmas[0])
-            losses = []
-            for i in range(n - 1 if objective == "stepwise" else 0):
-                params, opt_state, loss, x_next, state = _update(
-                    params, opt_state, x, state, targets[i + 1], sigmas[i], sigmas[i + 1],
-                    orders[i], fn_leaves, feat_leaves, predictor.afs_mean, static=static,
-                    fn_def=fn_def,
-                    feat_def=feat_def, use_afs=afs and i == 0, tx=tx)
-                updates += 1
-                losses.append(float(loss))
-                x = targets[i + 1] if base in SINGLE_STEP else jax.lax.stop_gradient(x_next)
-                state = jax.lax.stop_gradient(state)
             if objective == "trajectory":   # one update; the per-step losses before it
                 params, opt_state, per_step = _trajectory_update(
                     params, opt_state, x_b, targets, sigmas, fn_leaves, feat_leaves,
@@ -184,12 +189,15 @@ def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
                     tx=tx)
                 updates += 1
                 losses = [float(v) for v in per_step]
+            else:
+                params, opt_state, losses = _stepwise_updates(
+                    params, opt_state, x_b, targets, sigmas, orders, predictor, static,
+                    fn_leaves, feat_leaves, fn_def, feat_def, tx)
+                updates += n - 1
             if log_fn is not None:
                 log_fn({"epoch": epoch, "batch": b, "updates": updates,
                         "loss_per_step": losses, "loss": float(np.mean(losses))})
     return predictor.replace(params=params, num_updates=updates)
-
-
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -448,7 +448,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
       dict with step, loss (mean over the last log interval), wall_seconds, num_params,
       steps_per_epoch, num_devices.
     """
-
     check_config(config)
     mesh = make_mesh(config)
     os.makedirs(workdir, exist_ok=True)

@@ -211,7 +211,6 @@ def train(images, labels, cfg: Mapping | None = None, workdir: str | None = None
         ``mesh`` (before any training), or a checkpoint of different settings in
         ``workdir``.
     """
-
     s = _settings(cfg, images, labels)
     model, noise, tx = _model(s), _noise(s), _adam(float(s["lr"]))
     if mesh is not None:

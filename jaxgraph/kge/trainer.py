@@ -66,7 +66,6 @@ def train_epochs(state: kge_step.KGEState, cfg: kge_step.StepConfig, tx, train, 
         metric became NaN or infinite; the message names the epoch, the step (optimizer
         updates, 1-based) and the metric. Nothing of that epoch is saved.
     """
-
     name = cfg.backbone.name
     if mesh is None:
         train_epoch, place = kge_step.train_epoch, lambda *a: tuple(map(jnp.asarray, a))

@@ -49,7 +49,6 @@ __all__ = ["PairConfig", "canonical_mode", "canonical_pairs", "generate_pairs", 
            "pair_config", "pair_set", "pair_settings", "train_pair"]
 
 
-
 class PairConfig(NamedTuple):
     """Static settings of one pair's training (hashable: a jit static argument).
 

@@ -210,7 +210,6 @@ def train_translator(config, workdir, train_pairs, val_pairs, test_images, test_
         difference listed); ``config.extend=True`` lets ``translator.epochs`` grow.
       NonFiniteError: the loss or the parameters became NaN or inf (nothing saved).
     """
-
     check_resumable(config, workdir)
     t = config.translator
     model = make_translator(config)
