@@ -37,6 +37,7 @@ VARIANTS = {  # name: (use the U-Net feature, scale_time, training objective)
     "trained_scale_time_0": (True, 0.0, "stepwise"),
     "trajectory": (True, 0.2, "trajectory"),
     "trajectory_no_feature": (False, 0.2, "trajectory"),
+    "final": (True, 0.2, "final"),
 }
 
 
@@ -131,7 +132,8 @@ def main(argv=None):
             row[name] = {**measure(pred, use_feature),
                          "seconds": time.perf_counter() - t0,
                          "train_loss_first_batch": log[0]["loss_per_step"],
-                         "train_loss_last_batch": log[-1]["loss_per_step"]}
+                         "train_loss_last_batch": log[-1]["loss_per_step"],
+                         "train_loss_by_batch": [e["loss_per_step"] for e in log]}
             print(f"NFE {nfe} {name}: {row[name]['error']:.3f}", flush=True)
         print(f"NFE {nfe}: ipndm {row['ipndm']:.3f}, teacher {row['teacher']:.3f}, "
               f"neutral {row['neutral']['error']:.3f}", flush=True)

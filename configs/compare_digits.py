@@ -46,7 +46,8 @@ def get_config(arg=None):
     # AMED-Plugin at NFE 5: 2.81 with "zero", 0.795 with "data").
     c.amed_afs_mean = "data"
     # How AMED predictors are trained: "stepwise" (the reference: each step fitted with the
-    # steps before it frozen) or "trajectory" (all steps jointly, through the student's run).
+    # steps before it frozen) or "trajectory" (all steps jointly, through the student's run)
+    # or "final" (the same run, the last node's loss only).
     c.amed_objective = "stepwise"
     c.amed_trajectories = 10_240
     c.amed_batch = 128

@@ -41,7 +41,7 @@ def test_bad_config_fails_fast(tmp_path):
     cfg = get_config("test")
     cfg.amed_objective = "global"
     with pytest.raises(ValueError, match="unknown config.amed_objective 'global'; valid: "
-                                         "stepwise, trajectory"):
+                                         "stepwise, trajectory, final"):
         compare.run(cfg, str(tmp_path))
     cfg = get_config("test")
     cfg.regimes = ("edm",)
