@@ -40,6 +40,9 @@ def get_config(arg=None):
     # The "+gits_dev" methods always use "dev".
     c.gits_metric = "select"               # select | dev | l2 | l1
     c.gits_candidates = ("dev", "l2", "base")
+    # A DP schedule replaces the base one only if it gains this many standard errors of the
+    # paired per-noise differences on the warm-up noises (0: the plain minimum).
+    c.gits_significance = 2.0
     # What AMED's analytical first step (odd NFE) takes D(x; 80) to be: "zero" (the
     # reference; right for centred data), "data" (the mean image) or "denoiser" (D(0; 80)).
     # Digits and Fashion-MNIST are far from centred (||D(x; 80)|| ~ 5): "data" (digits GMM,

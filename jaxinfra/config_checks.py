@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["get", "int_at_least", "positive", "one_of"]
+__all__ = ["get", "int_at_least", "positive", "number_at_least", "one_of"]
 
 
 def get(config, name: str):
@@ -43,6 +43,15 @@ def positive(config, name: str) -> float:
     value = get(config, name)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or value <= 0:
         raise ValueError(f"config.{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def number_at_least(config, name: str, minimum: float = 0.0) -> float:
+    """``config.<name>`` as a float; ValueError unless it is a finite number >= ``minimum``."""
+    value = get(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+            or not np.isfinite(value) or value < minimum:
+        raise ValueError(f"config.{name} must be a finite number >= {minimum}, got {value!r}")
     return float(value)
 
 

@@ -73,8 +73,10 @@ def gits_schedule(method, nfe, denoise, cfg, teacher_run):
                 "warmup": cfg.gits_warmup, "teacher": "ipndm-4", "student": student}
     if metric == "select":
         chosen = gits.select_schedule(denoise, teacher_run, nfe + 1, coeff=cfg.gits_coeff,
-                                      candidates=tuple(cfg.gits_candidates), student=student)
+                                      candidates=tuple(cfg.gits_candidates), student=student,
+                                      significance=cfg.gits_significance)
         settings.update(candidates=list(cfg.gits_candidates), selected=chosen.selected,
+                        significance=cfg.gits_significance, gain=chosen.gain,
                         candidate_errors=chosen.errors, selection_nfe=chosen.model_calls)
         return chosen.sigmas, settings
     indices = gits.dp_schedule(teacher_run.costs[metric], nfe + 1, cfg.gits_coeff)
@@ -288,6 +290,7 @@ def run(cfg, workdir: str) -> dict:
             raise ValueError(f"unknown method {m!r}; valid: {METHODS}")
     config_checks.one_of(cfg, "amed_afs_mean", bench.AFS_MEANS)
     config_checks.one_of(cfg, "amed_objective", amed_training.OBJECTIVES)
+    config_checks.number_at_least(cfg, "gits_significance", 0.0)
     for r in cfg.regimes:
         if r not in ("gmm", "optimal", "edm"):
             raise ValueError(f"unknown regime {r!r}; valid: ('gmm', 'optimal', 'edm')")

@@ -44,6 +44,11 @@ def test_bad_config_fails_fast(tmp_path):
                                          "stepwise, trajectory, final"):
         compare.run(cfg, str(tmp_path))
     cfg = get_config("test")
+    cfg.gits_significance = -0.5
+    with pytest.raises(ValueError, match="config.gits_significance must be a finite number "
+                                         ">= 0.0, got -0.5"):
+        compare.run(cfg, str(tmp_path))
+    cfg = get_config("test")
     cfg.regimes = ("edm",)
     cfg.edm_workdir = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="python -m jaxdiff.train"):

@@ -257,18 +257,31 @@ def test_select_keeps_the_candidate_closest_to_the_teacher(mixture_problem):
     options = {"dev": info.grid[gits.dp_schedule(run.costs["dev"], num_steps)],
                "l2": info.grid[gits.dp_schedule(run.costs["l2"], num_steps)],
                "base": schedules.get("polynomial", num_steps)}
-    errors = {k: mean_l2(jaxdiff.sample(den, x_warm, s, solver="ipndm"), run.x_end)
-              for k, s in options.items()}
+    per_noise = {k: np.linalg.norm(np.asarray(jaxdiff.sample(den, x_warm, s, solver="ipndm")
+                                              - run.x_end).reshape(32, -1), axis=1)
+                 for k, s in options.items()}
+    errors = {k: float(np.mean(e)) for k, e in per_noise.items()}
     assert info.candidate_errors.keys() == errors.keys()
     for k in errors:
         np.testing.assert_allclose(info.candidate_errors[k], errors[k], rtol=1e-9)
     best = min(errors, key=errors.get)
-    assert info.selected == best
-    np.testing.assert_allclose(sigmas, options[best], rtol=1e-12)
+    best_dp = min(("dev", "l2"), key=errors.get)
+    d = per_noise["base"] - per_noise[best_dp]
+    gain = (d.mean(), d.std(ddof=1) / np.sqrt(32))
+    expected = best if best == "base" or gain[0] > 2.0 * gain[1] else "base"
+    assert gain[0] > 2.0 * gain[1] > 0, gain  # here the DP schedule is clearly better
+    assert info.selected == expected
+    np.testing.assert_allclose(sigmas, options[expected], rtol=1e-12)
     assert info.model_calls == 60 * 32 + 3 * 32 * 6
+    for significance, want in ((0.0, best), (2.0, expected), (1e9, "base")):
+        chosen = gits.select_schedule(den, run, num_steps, significance=significance)
+        assert chosen.selected == want, (significance, chosen.selected)
+        np.testing.assert_allclose(chosen.gain, gain, rtol=1e-9)
     chosen = gits.select_schedule(den, run, num_steps, candidates=("base",))
-    assert chosen.selected == "base" and chosen.indices is None
+    assert chosen.selected == "base" and chosen.indices is None and chosen.gain is None
     np.testing.assert_allclose(chosen.sigmas, options["base"], rtol=1e-12)
+    with pytest.raises(ValueError, match="significance must be a finite number >= 0, got -1"):
+        gits.select_schedule(den, run, num_steps, significance=-1)
 
 
 def test_search_other_grid_and_metric(denoise):
@@ -305,6 +318,7 @@ def test_search_and_cost_bad_inputs(denoise):
                       ({"candidates": ("dev", "cos")}, "candidates"),
                       ({"candidates": ()}, "candidates"),
                       ({"coeff": 0.0}, "coeff"), ({"batch_size": 0}, "batch_size"),
+                      ({"significance": float("nan")}, "significance"),
                       ({"teacher": "rk4"}, "unknown solver"),
                       ({"teacher_options": {"max_order": 9}}, "max_order"),
                       ({"student": "nope"}, "unknown solver"),
