@@ -16,7 +16,9 @@ error to the reference of
     midpoints), which is where training starts;
   - predictors trained as ``jaxdiff.compare`` trains them (10,240 trajectories, the
     reference's stepwise rule), with variants: no bottleneck feature, ``scale_time=0``,
-    and our ``objective="trajectory"`` (with and without the feature);
+    and our ``objective="trajectory"`` (with and without the feature) and
+    ``objective="final"`` (the last node's loss only; ``--nfes=10 --variants=trajectory,final``
+    gives ``amed_plugin_diagnosis_nfe10.json``, with every batch's per-node losses);
 and, for each, the error to the teacher at every student node, so one sees which step
 goes wrong, with the r the trained predictors pick (mean and spread over samples).
 Writes benchmarks/results/amed_plugin_diagnosis.json.

@@ -7,8 +7,9 @@ For each regime of the README's comparison tables, on the same warm-up noises as
 ``jaxdiff.compare`` (teacher iPNDM-4 on the 61-point polynomial grid), and for both
 students of the tables (``ipndm`` for iPNDM+GITS, ``euler`` for DDIM+GITS) at NFE 3-10,
 it records the candidate ``gits.select_schedule`` keeps with ``significance=0`` (the plain
-minimum over the warm-up noises) and with the default 2, and the best DP schedule's lead
-over the base schedule: its mean and standard error over the warm-up noises (paired).
+minimum over the warm-up noises) and with the config's ``gits_significance`` (2), and the
+best DP schedule's gain over the base schedule: its mean and standard error over the
+warm-up noises (paired).
 Only the warm-up side is computed; where a decision changes, rerun ``jaxdiff.compare``
 for the evaluation rows. Writes benchmarks/results/gits_select_guard.json.
 
@@ -36,7 +37,7 @@ CASES = {
 
 
 def decisions(denoise, x_warm, cfg):
-    """{student: {nfe: {plain, guarded, lead, lead_se}}} for one regime."""
+    """{student: {nfe: {plain, guarded, gain, gain_se}}} for one regime."""
     import numpy as np
 
     from jaxdiff import gits, schedules
@@ -48,10 +49,13 @@ def decisions(denoise, x_warm, cfg):
     for student in ("ipndm", "euler"):
         out[student] = {}
         for nfe in cfg.nfes:
-            plain, guarded = (gits.select_schedule(denoise, run, nfe + 1, student=student,
-                                                   significance=k) for k in (0.0, 2.0))
+            plain, guarded = (
+                gits.select_schedule(denoise, run, nfe + 1, coeff=cfg.gits_coeff,
+                                     candidates=tuple(cfg.gits_candidates), student=student,
+                                     significance=k)
+                for k in (0.0, cfg.gits_significance))
             out[student][str(nfe)] = {"plain": plain.selected, "guarded": guarded.selected,
-                                      "lead": plain.gain[0], "lead_se": plain.gain[1]}
+                                      "gain": plain.gain[0], "gain_se": plain.gain[1]}
     return out
 
 

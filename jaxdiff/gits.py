@@ -349,14 +349,15 @@ def _student_error(denoise_fn, run: TeacherRun, sigmas, student, student_options
 
 
 def _check_significance(significance):
-    if isinstance(significance, bool) or not isinstance(significance, (int, float)) \
+    if isinstance(significance, bool) or not isinstance(significance, (int, float, np.number)) \
             or not np.isfinite(significance) or significance < 0:
         raise ValueError(f"significance must be a finite number >= 0, got {significance!r}")
 
 
-def _paired_gain(errors, other):
-    """(mean, standard error) of ``other - errors`` over the warm-up noises (paired)."""
-    d = np.asarray(other) - np.asarray(errors)
+def _paired_gain(base, candidate):
+    """(mean, standard error) of ``base - candidate`` errors over the warm-up noises
+    (paired): how much closer to the teacher the candidate lands."""
+    d = np.asarray(base) - np.asarray(candidate)
     se = float(np.std(d, ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("inf")
     return float(np.mean(d)), se
 
@@ -407,11 +408,11 @@ def select_schedule(denoise_fn: Callable, run: TeacherRun, num_steps: int, *,
     Each metric in ``candidates`` gives a DP schedule (:func:`dp_schedule` on
     ``run.costs[metric]``); ``"base"`` is the base schedule itself,
     ``schedules.get(base, num_steps, grid[-1], grid[0], **base_kw)``. The student solver
-    samples every candidate from the warm-up states ``run.x_T``; the DP candidate with
-    the lowest mean L2 distance to the teacher's end points ``run.x_end`` (ties: the
-    first in ``candidates``) replaces the base schedule only if its mean gain over it
-    exceeds ``significance`` standard errors of the paired per-noise differences; else
-    the base schedule stays. The DP cost is a proxy (a sum of one-step errors); this
+    samples every candidate from the warm-up states ``run.x_T``; the one with the lowest
+    mean L2 distance to the teacher's end points ``run.x_end`` wins (ties: the first in
+    ``candidates``), but a DP candidate replaces the base schedule only if its mean gain
+    over it is more than ``significance`` standard errors of the paired per-noise
+    differences (with one warm-up noise, never); else the base schedule stays. The DP cost is a proxy (a sum of one-step errors); this
     measures the quantity it stands for, on noises the search already paid the teacher
     for, at ``len(candidates) * (num_steps - 1)`` student calls per warm-up sample.
 
@@ -461,8 +462,9 @@ def select_schedule(denoise_fn: Callable, run: TeacherRun, num_steps: int, *,
     gain = None
     if "base" in candidates and dp:
         best_dp = min(dp, key=lambda name: errors[name])
-        gain = _paired_gain(per_noise[best_dp], per_noise["base"])
-        if selected != "base" and gain[0] <= significance * gain[1]:
+        gain = _paired_gain(per_noise["base"], per_noise[best_dp])
+        if selected != "base" and significance > 0 \
+                and not gain[0] > significance * gain[1]:   # NaN too: keep the base
             selected = "base"
     sigmas, indices = options[selected]
     calls = len(candidates) * run.x_T.shape[0] * count_nfe(student, int(num_steps),
@@ -603,8 +605,8 @@ def search(denoise_fn: Callable, x_T, num_steps: int, *, grid_size: int = 61,
       sigma_max to sigma_min, in ``x_T``'s dtype; or ``(sigmas, SearchInfo)``.
 
     Raises:
-      ValueError: bad sizes, names, options, coeff, batch size or noise shape, before
-        any teacher run.
+      ValueError: bad sizes, names, options, coeff, significance, batch size or noise
+        shape, before any teacher run.
     """
     t_start = time.perf_counter()
     _check_int_in("grid_size", grid_size, 2)

@@ -152,7 +152,10 @@ def train(denoise_fn, x_T, sigmas, *, base: str = "ipndm", feature_fn=None,
         reference); stored in the predictor and used when it samples.
       objective: "stepwise" (the reference's greedy rule), "trajectory" or "final"
         (above).
-      log_fn: optional ``log_fn(dict)`` called after each batch (loss per step).
+      log_fn: optional ``log_fn(dict)`` called after each batch: ``loss_per_step`` (N - 1
+        mean squared distances to the teacher's nodes, before the batch's updates for
+        the whole-run objectives) and ``loss``, their mean (for "final" not the
+        quantity it minimises, which is the last entry).
       **base_options: options of the base solver (e.g. ``max_order=4``).
 
     Returns:

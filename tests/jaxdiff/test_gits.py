@@ -277,6 +277,9 @@ def test_select_keeps_the_candidate_closest_to_the_teacher(mixture_problem):
         chosen = gits.select_schedule(den, run, num_steps, significance=significance)
         assert chosen.selected == want, (significance, chosen.selected)
         np.testing.assert_allclose(chosen.gain, gain, rtol=1e-9)
+    without_base = gits.select_schedule(den, run, num_steps, candidates=("dev", "l2"),
+                                        significance=1e9)     # no base: no guard
+    assert without_base.selected == best_dp and without_base.gain is None
     chosen = gits.select_schedule(den, run, num_steps, candidates=("base",))
     assert chosen.selected == "base" and chosen.indices is None and chosen.gain is None
     np.testing.assert_allclose(chosen.sigmas, options["base"], rtol=1e-12)
