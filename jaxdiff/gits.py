@@ -412,9 +412,10 @@ def select_schedule(denoise_fn: Callable, run: TeacherRun, num_steps: int, *,
     mean L2 distance to the teacher's end points ``run.x_end`` wins (ties: the first in
     ``candidates``), but a DP candidate replaces the base schedule only if its mean gain
     over it is more than ``significance`` standard errors of the paired per-noise
-    differences (with one warm-up noise, never); else the base schedule stays. The DP cost is a proxy (a sum of one-step errors); this
-    measures the quantity it stands for, on noises the search already paid the teacher
-    for, at ``len(candidates) * (num_steps - 1)`` student calls per warm-up sample.
+    differences (with one warm-up noise, never); else the base schedule stays. The DP
+    cost is a proxy (a sum of one-step errors); this measures the quantity it stands
+    for, on noises the search already paid the teacher for, at
+    ``len(candidates) * (num_steps - 1)`` student calls per warm-up sample.
 
     Why the guard: with 128 warm-up noises the candidates' means carry sampling error.
     On the `:wide` Fashion-MNIST U-Net at NFE 9 the ``l2`` schedule beat the polynomial
