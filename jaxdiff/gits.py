@@ -46,6 +46,7 @@ from jaxdiff import schedules
 from jaxdiff import solvers as solvers_lib
 from jaxdiff.sampling import nfe as count_nfe
 from jaxdiff.sampling import sample
+from jaxinfra.config_checks import finite_at_least
 
 __all__ = ["METRICS", "DEFAULT_CANDIDATES", "TeacherRun", "Selection", "SearchInfo",
            "cost_matrix", "run_teacher", "teacher_cost_matrix", "dp_schedule",
@@ -348,12 +349,6 @@ def _student_error(denoise_fn, run: TeacherRun, sigmas, student, student_options
                                          student_options, afs)))
 
 
-def _check_significance(significance):
-    if isinstance(significance, bool) or not isinstance(significance, (int, float, np.number)) \
-            or not np.isfinite(significance) or significance < 0:
-        raise ValueError(f"significance must be a finite number >= 0, got {significance!r}")
-
-
 def _paired_gain(base, candidate):
     """(mean, standard error) of ``base - candidate`` errors over the warm-up noises
     (paired): how much closer to the teacher the candidate lands."""
@@ -438,7 +433,7 @@ def select_schedule(denoise_fn: Callable, run: TeacherRun, num_steps: int, *,
       A :class:`Selection`.
     """
     candidates = _check_candidates(candidates)
-    _check_significance(significance)
+    finite_at_least(significance, "significance", 0)
     missing = [c for c in candidates if c != "base" and c not in run.costs]
     if missing:
         raise ValueError(f"the teacher run has no cost for {missing}; it has "
@@ -618,7 +613,7 @@ def search(denoise_fn: Callable, x_T, num_steps: int, *, grid_size: int = 61,
     metrics = (metric,) if metric != "select" else tuple(
         c for c in _check_candidates(candidates) if c != "base")
     _check_batch_size(batch_size)
-    _check_significance(significance)
+    finite_at_least(significance, "significance", 0)
     x_T = _check_noise(x_T)
     student_options = dict(student_options or {})
     for role, name, opts in (("teacher", teacher, dict(teacher_options or {})),

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["get", "int_at_least", "positive", "number_at_least", "one_of"]
+__all__ = ["get", "int_at_least", "positive", "finite_at_least", "number_at_least",
+           "one_of"]
 
 
 def get(config, name: str):
@@ -46,13 +47,18 @@ def positive(config, name: str) -> float:
     return float(value)
 
 
-def number_at_least(config, name: str, minimum: float = 0.0) -> float:
-    """``config.<name>`` as a float; ValueError unless it is a finite number >= ``minimum``."""
-    value = get(config, name)
+def finite_at_least(value, label: str, minimum: float = 0.0) -> float:
+    """``value`` as a float; ValueError ("<label> must be a finite number >= <minimum>")
+    unless it is one. For arguments of library functions as well as config fields."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
             or not np.isfinite(value) or value < minimum:
-        raise ValueError(f"config.{name} must be a finite number >= {minimum}, got {value!r}")
+        raise ValueError(f"{label} must be a finite number >= {minimum}, got {value!r}")
     return float(value)
+
+
+def number_at_least(config, name: str, minimum: float = 0.0) -> float:
+    """``config.<name>`` as a float; ValueError unless it is a finite number >= ``minimum``."""
+    return finite_at_least(get(config, name), f"config.{name}", minimum)
 
 
 def one_of(config, name: str, valid: Sequence) -> str:

@@ -112,6 +112,20 @@ def test_with_one_step_the_whole_run_objectives_are_the_stepwise_rule(denoise, a
                  step.params, run.params)
 
 
+def _plugin_problem(num_nodes, sigma_max):
+    """An iPNDM plugin of ``num_nodes`` nodes from ``sigma_max`` on the 4-d mixture: (sigmas,
+    teacher sigmas (2 extra points per step), training and held-out noise (256 each),
+    the training keywords: 4 epochs of 4 batches)."""
+    sigmas = schedules.get("polynomial", num_nodes, sigma_min=0.05, sigma_max=sigma_max)
+    teacher_sigmas = schedules.get("polynomial", 3 * (num_nodes - 1) + 1, sigma_min=0.05,
+                                   sigma_max=sigma_max)
+    x_T, x_eval = (sigma_max * jax.random.normal(jax.random.PRNGKey(k), (256, 4), jnp.float64)
+                   for k in (3, 4))
+    kw = dict(base="ipndm", batch_size=64, epochs=4, learning_rate=2e-2, afs=False,
+              teacher_sigmas=teacher_sigmas, max_order=4)
+    return sigmas, teacher_sigmas, x_T, x_eval, kw
+
+
 def _node_losses(pred, denoise, x_T, sigmas, teacher_sigmas):
     """(summed, last): the mean squared distance of the student's own run to the teacher's
     nodes summed over nodes (what "stepwise" and "trajectory" aim at) and at the last node
@@ -130,12 +144,7 @@ def test_trajectory_objective_improves_on_its_start_where_the_stepwise_rule_does
     trajectory objective, one whole-run update per batch, ends below it. Held-out noise,
     4 epochs of 4 batches. Measured: neutral 6.39e-4, stepwise (64 updates) 1.26e-3,
     trajectory (16 updates) 5.32e-4."""
-    sigmas = schedules.get("polynomial", 5, sigma_min=0.05, sigma_max=5.0)
-    teacher_sigmas = schedules.get("polynomial", 13, sigma_min=0.05, sigma_max=5.0)
-    x_T, x_eval = (5.0 * jax.random.normal(jax.random.PRNGKey(k), (256, 4), jnp.float64)
-                   for k in (3, 4))
-    kw = dict(base="ipndm", batch_size=64, epochs=4, learning_rate=2e-2, afs=False,
-              teacher_sigmas=teacher_sigmas, max_order=4)
+    sigmas, teacher_sigmas, x_T, x_eval, kw = _plugin_problem(5, 5.0)
     trained = {name: amed_training.train(denoise, x_T, sigmas, objective=name, **kw)
                for name in ("stepwise", "trajectory")}
     assert (trained["stepwise"].num_updates, trained["trajectory"].num_updates) == (64, 16)
@@ -152,12 +161,7 @@ def test_final_objective_fits_the_last_node(denoise):
     Measured (last node / summed): neutral 2.57e-2 / 2.69e-2, final 5.56e-3 / 5.99e-3.
     (It is not better than "trajectory" everywhere: with four nodes from sigma 5 it ends
     at 5.8e-4 against 2.3e-4; on the digits U-Net at NFE 10, 0.363 against 1.04.)"""
-    sigmas = schedules.get("polynomial", 3, sigma_min=0.05, sigma_max=80.0)
-    teacher_sigmas = schedules.get("polynomial", 7, sigma_min=0.05, sigma_max=80.0)
-    x_T, x_eval = (80.0 * jax.random.normal(jax.random.PRNGKey(k), (256, 4), jnp.float64)
-                   for k in (3, 4))
-    kw = dict(base="ipndm", batch_size=64, epochs=4, learning_rate=2e-2, afs=False,
-              teacher_sigmas=teacher_sigmas, max_order=4)
+    sigmas, teacher_sigmas, x_T, x_eval, kw = _plugin_problem(3, 80.0)
     final = amed_training.train(denoise, x_T, sigmas, objective="final", **kw)
     assert final.num_updates == 16
     # Its own loss, not the summed one: the same updates on all nodes end elsewhere
