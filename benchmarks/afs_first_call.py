@@ -44,7 +44,6 @@ def first_call_errors(denoise, x_eval, reference, mean, timestamps):
 
 
 def main(argv=None):
-    import jax
     import jax.numpy as jnp
 
     from jaxdiff.experiments import bench, compare
@@ -63,8 +62,7 @@ def main(argv=None):
         cfg.edm_workdir = workdir
         _, images = bench.load_images(cfg)
         denoise, _, _ = compare.load_regime(regime, images, cfg)
-        _, k_eval = jax.random.split(jax.random.PRNGKey(cfg.seed))   # compare's noises
-        x_eval = 80.0 * jax.random.normal(k_eval, (cfg.num_eval,) + images.shape[1:])
+        _, x_eval = compare.noises(cfg, images.shape[1:])
         reference, change = bench.converged_reference(denoise, x_eval, cfg.reference_steps)
         mean = bench.afs_mean("data", images, denoise)
         d80 = denoise(x_eval, jnp.full((x_eval.shape[0],), 80.0, x_eval.dtype))

@@ -77,8 +77,7 @@ def main(argv=None):
     _, images = bench.load_images(cfg)
     denoise, feature_fn, feature_dim = compare.load_regime("edm", images, cfg)
     shape = images.shape[1:]
-    _, k_eval = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    x_eval = 80.0 * jax.random.normal(k_eval, (cfg.num_eval,) + shape)
+    _, x_eval = compare.noises(cfg, shape)
     reference, _ = bench.converged_reference(denoise, x_eval, cfg.reference_steps)
     x_train = 80.0 * jax.random.normal(jax.random.PRNGKey(cfg.seed + 1),
                                        (cfg.amed_trajectories,) + shape)

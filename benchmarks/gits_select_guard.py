@@ -60,8 +60,6 @@ def decisions(denoise, x_warm, cfg):
 
 
 def main(argv=None):
-    import jax
-
     from jaxdiff.experiments import bench, compare
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,8 +77,7 @@ def main(argv=None):
             cfg.gits_warmup = warmup
         _, images = bench.load_images(cfg)
         denoise, _, _ = compare.load_regime(regime, images, cfg)
-        k_warm, _ = jax.random.split(jax.random.PRNGKey(cfg.seed))
-        x_warm = 80.0 * jax.random.normal(k_warm, (cfg.gits_warmup,) + images.shape[1:])
+        x_warm, _ = compare.noises(cfg, images.shape[1:])
         results[name] = {"config": f"configs/{module}.py" + (f":{flags}" if flags else ""),
                          "regime": regime, "edm_workdir": workdir,
                          "warmup": cfg.gits_warmup, "decisions": decisions(denoise, x_warm, cfg)}

@@ -202,13 +202,18 @@ def run_regime(regime, images, cfg, progress, cache: RowCache):
     return _run_regime(regime, images, cfg, progress, cache, wanted)
 
 
+def noises(cfg, shape):
+    """(x_warm, x_eval): a call's GITS warm-up (``cfg.gits_warmup``) and evaluation
+    (``cfg.num_eval``) noises at sigma 80, of image ``shape``, drawn from ``cfg.seed``."""
+    k_warm, k_eval = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    return (80.0 * jax.random.normal(k_warm, (cfg.gits_warmup,) + tuple(shape)),
+            80.0 * jax.random.normal(k_eval, (cfg.num_eval,) + tuple(shape)))
+
+
 def _run_regime(regime, images, cfg, progress, cache, wanted):
     denoise, feature_fn, feature_dim = load_regime(regime, images, cfg)
     score_fd = fd_scorer(cfg, images) if regime == "edm" and cfg.fd else None
-    shape = images.shape[1:]
-    k_warm, k_eval = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    x_warm = 80.0 * jax.random.normal(k_warm, (cfg.gits_warmup,) + shape)
-    x_eval = 80.0 * jax.random.normal(k_eval, (cfg.num_eval,) + shape)
+    x_warm, x_eval = noises(cfg, images.shape[1:])
     reference, change = bench.converged_reference(denoise, x_eval, cfg.reference_steps)
     mean = bench.afs_mean(cfg.amed_afs_mean, images, denoise)
     grid = np.asarray(schedules.get("polynomial", cfg.gits_grid))
